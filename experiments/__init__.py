@@ -1,0 +1,1 @@
+"""absl launchers and ml_collections configs for memjax experiments."""

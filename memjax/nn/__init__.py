@@ -1,0 +1,1 @@
+"""Flax NNX modules built from memjax's pure memory functions."""

@@ -1,0 +1,531 @@
+"""A key-value memory: insert with eviction, update and delete by id, exact top-k lookup.
+
+`KVMemory` is a pytree of fixed-size tables, so every operation here is a
+pure function that compiles once per shape and runs under `jax.jit`,
+`jax.vmap` (one memory per sequence or per head) and `jax.lax.scan`.
+
+Shape legend: N slots, Dk key size, Dv value size, B items in a batch,
+Q queries, K results per query.
+
+Semantics, in the words of a Python dictionary `{id: (key, value)}` of at
+most N items:
+
+* `insert` adds a batch of new items. They go into free slots first (lowest
+  slot index first) and, once the memory is full, into the slots the eviction
+  policy names, in its order:
+
+  - ``"fifo"``: the oldest insertion first (a ring buffer);
+  - ``"lru"``: the least recently used first (inserted, or returned by a
+    lookup that was passed to `mark_used`), ties broken by insertion order;
+  - ``"least_used"``: the fewest `mark_used` hits first, ties broken by least
+    recent use, then insertion order.
+
+  The order is taken before the batch is written, so items of one batch never
+  evict each other; if a batch brings more than N items, only its last N are
+  kept. Ids are given by the caller (unique, non-negative, not in memory) or
+  numbered from `memory.next_id` upwards in batch order.
+* `update` replaces the key and/or value of items that are present, by id;
+  `delete` removes them. Ids that are absent are ignored (inside `jit` there
+  is nobody to raise to; `slots_of` tells which ids are present).
+* `lookup` returns, per query, the K highest-scoring valid items, best first,
+  exactly (no approximation), computed chunk by chunk so that the Q x N score
+  matrix is never built whole. Ties go to the lower slot index. When fewer
+  than K items are valid, the missing results have `found == False`, index
+  and id -1, score -inf and zero values.
+* `mark_used` records that some slots were used (for ``"lru"`` and
+  ``"least_used"``); `lookup` itself changes nothing.
+* `attend` is the differentiable read for models: a softmax over the top-K
+  scores, weighting the K values.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from memjax import _checks
+
+POLICIES = ("fifo", "lru", "least_used")
+METRICS = ("inner_product", "cosine")
+# A lookup scores at most this many (query, slot) pairs at once.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+_NORM_EPSILON = 1e-12
+
+
+@struct.dataclass
+class KVMemory:
+  """A fixed-size key-value table with per-slot bookkeeping.
+
+  Attributes:
+    keys: [N, Dk] keys (floating).
+    values: [N, Dv] values (any dtype).
+    valid: [N] bool, whether a slot holds an item.
+    ids: [N] int32 item ids, -1 in free slots.
+    inserted_at: [N] int32 logical time of insertion, -1 in free slots.
+    last_used: [N] int32 logical time of the last insertion or recorded use.
+    hits: [N] int32 uses recorded by `mark_used` since insertion.
+    clock: [] int32 logical time; advances by one per inserted item and per
+      `mark_used` call.
+    next_id: [] int32 the next automatically assigned id.
+    policy: eviction policy, one of `POLICIES` (static: part of the treedef).
+  """
+  keys: jax.Array
+  values: jax.Array
+  valid: jax.Array
+  ids: jax.Array
+  inserted_at: jax.Array
+  last_used: jax.Array
+  hits: jax.Array
+  clock: jax.Array
+  next_id: jax.Array
+  policy: str = struct.field(pytree_node=False, default="fifo")
+
+  @property
+  def num_slots(self) -> int:
+    return self.keys.shape[-2]
+
+  @property
+  def key_dim(self) -> int:
+    return self.keys.shape[-1]
+
+  @property
+  def value_dim(self) -> int:
+    return self.values.shape[-1]
+
+
+class LookupResult(NamedTuple):
+  """What `lookup` returns for Q queries and K results each.
+
+  Attributes:
+    scores: [Q, K] float32 similarity, best first; -inf where not found.
+    indices: [Q, K] int32 slot indices; -1 where not found.
+    ids: [Q, K] int32 item ids; -1 where not found.
+    values: [Q, K, Dv] the items' values; zeros where not found.
+    found: [Q, K] bool.
+  """
+  scores: jax.Array
+  indices: jax.Array
+  ids: jax.Array
+  values: jax.Array
+  found: jax.Array
+
+
+def init(num_slots: int, key_dim: int, value_dim: int, *, policy: str = "fifo",
+         key_dtype: jax.typing.DTypeLike = jnp.float32,
+         value_dtype: jax.typing.DTypeLike = jnp.float32) -> KVMemory:
+  """An empty memory of `num_slots` slots.
+
+  Args:
+    num_slots: N >= 1.
+    key_dim: Dk >= 1.
+    value_dim: Dv >= 1.
+    policy: eviction policy once full, one of "fifo", "lru", "least_used".
+    key_dtype: a floating dtype for the keys.
+    value_dtype: any dtype for the values (integer values are fine, e.g.
+      answer tokens; `attend` needs floating values).
+
+  Returns:
+    An empty `KVMemory`.
+  """
+  for name, v in (("num_slots", num_slots), ("key_dim", key_dim), ("value_dim", value_dim)):
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+  if policy not in POLICIES:
+    raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
+  if not jnp.issubdtype(key_dtype, jnp.floating):
+    raise TypeError(f"key_dtype must be a floating dtype; got {jnp.dtype(key_dtype)}")
+  n = num_slots
+  minus_one = jnp.full((n,), -1, jnp.int32)
+  return KVMemory(
+      keys=jnp.zeros((n, key_dim), key_dtype),
+      values=jnp.zeros((n, value_dim), value_dtype),
+      valid=jnp.zeros((n,), bool),
+      ids=minus_one,
+      inserted_at=minus_one,
+      last_used=minus_one,
+      hits=jnp.zeros((n,), jnp.int32),
+      clock=jnp.zeros((), jnp.int32),
+      next_id=jnp.zeros((), jnp.int32),
+      policy=policy,
+  )
+
+
+def _check_memory(memory: KVMemory) -> None:
+  if not isinstance(memory, KVMemory):
+    raise TypeError(f"memory must be a memjax.store.KVMemory; got {type(memory).__name__}")
+  _checks.check_rank(memory.keys, 2, "memory.keys", "[N, Dk] (vmap over any batch axis)")
+
+
+def _batch_mask(mask, batch: int) -> jax.Array:
+  if mask is None:
+    return jnp.ones((batch,), bool)
+  mask = _checks.as_array(mask, "mask")
+  if mask.dtype != jnp.bool_:
+    raise TypeError(f"mask must have dtype bool; got {mask.dtype}")
+  _checks.check_rank(mask, 1, "mask", "[B]")
+  _checks.check_dim(mask, 0, batch, "mask", "the batch size B")
+  return mask
+
+
+def _batch_ids(ids, name: str, batch: int | None = None) -> jax.Array:
+  ids = _checks.as_array(ids, name)
+  _checks.check_integer(ids, name)
+  _checks.check_rank(ids, 1, name, "[B]")
+  if batch is not None:
+    _checks.check_dim(ids, 0, batch, name, "the batch size B")
+  return ids.astype(jnp.int32)
+
+
+def _check_rows(x, name: str, width: int, what: str, batch: int | None = None,
+                floating: bool = True) -> jax.Array:
+  x = _checks.as_array(x, name)
+  if floating:
+    _checks.check_floating(x, name)
+  _checks.check_rank(x, 2, name, f"[B, {what}]")
+  _checks.check_dim(x, 1, width, name, f"the {what} of memory")
+  if batch is not None:
+    _checks.check_dim(x, 0, batch, name, "the batch size B")
+  return x
+
+
+def eviction_order(memory: KVMemory, count: int) -> jax.Array:
+  """The first `count` slots an insert would fill, in order: [count] int32.
+
+  Free slots first (by index), then occupied slots in the policy's order.
+  """
+  _check_memory(memory)
+  n = memory.num_slots
+  slot = jnp.arange(n, dtype=jnp.int32)
+  if memory.policy == "fifo":
+    # One integer key suffices: top_k is cheaper than a full sort.
+    big = jnp.int32(2**30)
+    score = jnp.where(memory.valid, -memory.inserted_at, big - slot)
+    return jax.lax.top_k(score, count)[1].astype(jnp.int32)
+  occupied = memory.valid.astype(jnp.int32)
+  if memory.policy == "lru":
+    keys = (occupied, memory.last_used, memory.inserted_at, slot)
+  else:  # least_used
+    keys = (occupied, memory.hits, memory.last_used, memory.inserted_at, slot)
+  # Free slots have inserted_at == last_used == -1 and hits == 0, so after the
+  # leading `occupied` key they sort by slot index.
+  return jax.lax.sort(keys, num_keys=len(keys))[-1][:count]
+
+
+def insert(memory: KVMemory, keys: jax.typing.ArrayLike, values: jax.typing.ArrayLike, *,
+           ids: jax.typing.ArrayLike | None = None,
+           mask: jax.typing.ArrayLike | None = None) -> KVMemory:
+  """Adds a batch of items, evicting per the memory's policy when full.
+
+  Args:
+    memory: the memory.
+    keys: [B, Dk] keys.
+    values: [B, Dv] values.
+    ids: optional [B] int ids, unique, >= 0 and not already in memory (not
+      checked). By default items are numbered `memory.next_id + 0, 1, ...` in
+      batch order (masked-out items take no number).
+    mask: optional [B] bool; False rows are not inserted.
+
+  Returns:
+    The new memory.
+  """
+  _check_memory(memory)
+  keys = _check_rows(keys, "keys", memory.key_dim, "key size Dk")
+  batch = keys.shape[0]
+  values = _check_rows(values, "values", memory.value_dim, "value size Dv", batch,
+                       floating=False)
+  mask = _batch_mask(mask, batch)
+  if batch == 0:
+    return memory
+  n = memory.num_slots
+  rank = jnp.cumsum(mask.astype(jnp.int32)) - 1  # position among the inserted items
+  count = rank[-1] + 1
+  if ids is None:
+    ids = memory.next_id + rank
+  else:
+    ids = _batch_ids(ids, "ids", batch)
+  # Keep only the last N inserted items; they fill the first slots of the order.
+  dropped = jnp.maximum(count - n, 0)
+  keep = mask & (rank >= dropped)
+  order = eviction_order(memory, min(batch, n))
+  target = jnp.where(keep, order[jnp.clip(rank - dropped, 0, min(batch, n) - 1)], n)
+  time = memory.clock + rank
+
+  def put(table, rows):
+    return table.at[target].set(rows.astype(table.dtype), mode="drop")
+
+  next_id = jnp.maximum(memory.next_id, jnp.max(jnp.where(mask, ids + 1, 0), initial=0))
+  return memory.replace(
+      keys=put(memory.keys, keys),
+      values=put(memory.values, values),
+      valid=put(memory.valid, jnp.ones((batch,), bool)),
+      ids=put(memory.ids, ids),
+      inserted_at=put(memory.inserted_at, time),
+      last_used=put(memory.last_used, time),
+      hits=put(memory.hits, jnp.zeros((batch,), jnp.int32)),
+      clock=memory.clock + count,
+      next_id=next_id.astype(jnp.int32),
+  )
+
+
+def slots_of(memory: KVMemory, ids: jax.typing.ArrayLike) -> jax.Array:
+  """Slot index of each id: [B] int32, -1 where the id is not in memory.
+
+  Costs B x N comparisons.
+  """
+  _check_memory(memory)
+  ids = _batch_ids(ids, "ids")
+  match = (memory.ids[None, :] == ids[:, None]) & memory.valid[None, :] & (ids[:, None] >= 0)
+  return jnp.where(match.any(axis=1), jnp.argmax(match, axis=1), -1).astype(jnp.int32)
+
+
+def update(memory: KVMemory, ids: jax.typing.ArrayLike, *,
+           keys: jax.typing.ArrayLike | None = None,
+           values: jax.typing.ArrayLike | None = None,
+           mask: jax.typing.ArrayLike | None = None) -> KVMemory:
+  """Replaces the keys and/or values of the items with these ids.
+
+  Ids not in memory are ignored. Usage statistics are left as they are.
+
+  Args:
+    memory: the memory.
+    ids: [B] int ids.
+    keys: optional [B, Dk] new keys.
+    values: optional [B, Dv] new values.
+    mask: optional [B] bool; False rows are skipped.
+
+  Returns:
+    The new memory.
+  """
+  _check_memory(memory)
+  ids = _batch_ids(ids, "ids")
+  batch = ids.shape[0]
+  if keys is None and values is None:
+    raise ValueError("update needs keys or values (or both); got neither")
+  mask = _batch_mask(mask, batch)
+  slots = slots_of(memory, ids)
+  target = jnp.where(mask & (slots >= 0), slots, memory.num_slots)
+  new = {}
+  if keys is not None:
+    keys = _check_rows(keys, "keys", memory.key_dim, "key size Dk", batch)
+    new["keys"] = memory.keys.at[target].set(keys.astype(memory.keys.dtype), mode="drop")
+  if values is not None:
+    values = _check_rows(values, "values", memory.value_dim, "value size Dv", batch,
+                         floating=False)
+    new["values"] = memory.values.at[target].set(values.astype(memory.values.dtype),
+                                                 mode="drop")
+  return memory.replace(**new)
+
+
+def delete(memory: KVMemory, ids: jax.typing.ArrayLike, *,
+           mask: jax.typing.ArrayLike | None = None) -> KVMemory:
+  """Removes the items with these ids; their slots become free. Absent ids are ignored."""
+  _check_memory(memory)
+  ids = _batch_ids(ids, "ids")
+  mask = _batch_mask(mask, ids.shape[0])
+  slots = slots_of(memory, ids)
+  target = jnp.where(mask & (slots >= 0), slots, memory.num_slots)
+
+  def clear(table, fill):
+    return table.at[target].set(fill, mode="drop")
+
+  return memory.replace(
+      keys=clear(memory.keys, 0),
+      values=clear(memory.values, 0),
+      valid=clear(memory.valid, False),
+      ids=clear(memory.ids, -1),
+      inserted_at=clear(memory.inserted_at, -1),
+      last_used=clear(memory.last_used, -1),
+      hits=clear(memory.hits, 0),
+  )
+
+
+def mark_used(memory: KVMemory, indices: jax.typing.ArrayLike) -> KVMemory:
+  """Records one use of each slot in `indices` (any shape; -1 entries ignored).
+
+  Advances the clock by one; every slot named gets `last_used = clock` (the
+  new clock) and one hit per time it is named. Pass `LookupResult.indices`
+  to count what a lookup returned.
+  """
+  _check_memory(memory)
+  indices = _checks.as_array(indices, "indices")
+  _checks.check_integer(indices, "indices")
+  flat = indices.reshape(-1).astype(jnp.int32)
+  n = memory.num_slots
+  target = jnp.where((flat >= 0) & (flat < n), flat, n)
+  target = jnp.where(memory.valid[jnp.clip(target, 0, n - 1)], target, n)
+  clock = memory.clock + 1
+  return memory.replace(
+      last_used=memory.last_used.at[target].set(clock, mode="drop"),
+      hits=memory.hits.at[target].add(1, mode="drop"),
+      clock=clock,
+  )
+
+
+def size(memory: KVMemory) -> jax.Array:
+  """Number of items in memory, [] int32."""
+  _check_memory(memory)
+  return jnp.sum(memory.valid, dtype=jnp.int32)
+
+
+def _check_k(k, n: int) -> None:
+  if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    raise ValueError(f"k must be an integer >= 1; got {k!r}")
+  if k > n:
+    raise ValueError(f"k must be at most the slot count N={n}; got k={k}")
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _NORM_EPSILON)
+
+
+def _merge_top_k(best, candidates, k: int):
+  """Top-k of two candidate lists; `best` wins ties (it holds lower slot indices)."""
+  scores = jnp.concatenate([best[0], candidates[0]], axis=-1)
+  slots = jnp.concatenate([best[1], candidates[1]], axis=-1)
+  top, where = jax.lax.top_k(scores, k)
+  return top, jnp.take_along_axis(slots, where, axis=-1)
+
+
+def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *,
+                metric: str = "inner_product", chunk_size: int | None = None,
+                slot_offset: jax.typing.ArrayLike = 0) -> tuple[jax.Array, jax.Array]:
+  """Exact top-k of `queries @ keys.T` over valid slots, chunk by chunk.
+
+  The building block of `lookup` (and of the sharded store, which runs it on
+  each shard). At most `chunk_size` slots are scored at a time.
+
+  Args:
+    keys: [N, Dk] keys.
+    valid: [N] bool.
+    queries: [Q, Dk] queries (already normalised for cosine).
+    k: results per query, k <= N.
+    metric: "inner_product" or "cosine" (keys are normalised chunk by chunk).
+    chunk_size: slots scored at once; default keeps Q x chunk under 4M.
+    slot_offset: added to the returned slot indices.
+
+  Returns:
+    (scores [Q, k] float32, slots [Q, k] int32); -inf and -1 past the valid items.
+  """
+  n = keys.shape[0]
+  q = queries.shape[0]
+  if chunk_size is None:
+    chunk_size = max(k, DEFAULT_CHUNK_ELEMENTS // max(q, 1))
+  chunk = max(min(chunk_size, n), 1)
+  if metric == "cosine":
+    queries = _normalize(queries)
+  queries = queries.astype(keys.dtype)
+
+  def score_chunk(start, size):
+    kc = jax.lax.dynamic_slice_in_dim(keys, start, size)
+    vc = jax.lax.dynamic_slice_in_dim(valid, start, size)
+    if metric == "cosine":
+      kc = _normalize(kc).astype(keys.dtype)
+    s = jnp.matmul(queries, kc.T, preferred_element_type=jnp.float32)
+    s = jnp.where(vc[None, :], s, -jnp.inf)
+    kk = min(k, size)
+    top, where = jax.lax.top_k(s, kk)
+    slots = (where + start).astype(jnp.int32)
+    if kk < k:  # a short tail chunk: pad to k
+      pad = ((0, 0), (0, k - kk))
+      top = jnp.pad(top, pad, constant_values=-jnp.inf)
+      slots = jnp.pad(slots, pad, constant_values=-1)
+    return top, slots
+
+  full, tail = divmod(n, chunk)
+  best = score_chunk(0, chunk)
+  if full > 1:
+    def body(carry, i):
+      return _merge_top_k(carry, score_chunk(i * chunk, chunk), k), None
+    best, _ = jax.lax.scan(body, best, jnp.arange(1, full, dtype=jnp.int32))
+  if tail:
+    best = _merge_top_k(best, score_chunk(full * chunk, tail), k)
+  scores, slots = best
+  slots = jnp.where(jnp.isfinite(scores), slots + slot_offset, -1).astype(jnp.int32)
+  return scores, slots
+
+
+def lookup(memory: KVMemory, queries: jax.typing.ArrayLike, k: int, *,
+           metric: str = "inner_product", chunk_size: int | None = None) -> LookupResult:
+  """Exact top-k items for each query.
+
+  Args:
+    memory: the memory.
+    queries: [Q, Dk] queries (or [Dk] for one; the result then has no Q axis).
+    k: results per query, 1 <= k <= N.
+    metric: "inner_product" (maximum inner product search) or "cosine".
+    chunk_size: slots scored at once (default: Q x chunk <= 4M scores).
+
+  Returns:
+    A `LookupResult`, best first.
+  """
+  _check_memory(memory)
+  queries = _checks.floating(queries, "queries", (1, 2), "[Q, Dk] or [Dk]")
+  _checks.check_dim(queries, -1, memory.key_dim, "queries", "the key size Dk of memory")
+  _check_k(k, memory.num_slots)
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    raise ValueError(f"chunk_size must be an integer >= 1 or None; got {chunk_size!r}")
+  single = queries.ndim == 1
+  if single:
+    queries = queries[None]
+  scores, slots = top_k_slots(memory.keys, memory.valid, queries, k, metric=metric,
+                              chunk_size=chunk_size)
+  result = gather(memory, scores, slots)
+  if single:
+    result = jax.tree.map(lambda x: x[0], result)
+  return result
+
+
+def gather(memory: KVMemory, scores: jax.Array, slots: jax.Array) -> LookupResult:
+  """Builds a `LookupResult` from scores and slot indices (-1 = not found)."""
+  found = slots >= 0
+  safe = jnp.clip(slots, 0, memory.num_slots - 1)
+  values = memory.values[safe]
+  values = jnp.where(found[..., None], values, jnp.zeros((), values.dtype))
+  ids = jnp.where(found, memory.ids[safe], -1)
+  return LookupResult(scores=scores, indices=slots, ids=ids, values=values, found=found)
+
+
+def attend(memory: KVMemory, queries: jax.typing.ArrayLike, k: int, *,
+           metric: str = "inner_product", scale: jax.typing.ArrayLike = 1.0,
+           chunk_size: int | None = None) -> jax.Array:
+  """Differentiable read: softmax over the top-k scores, weighted sum of values.
+
+  The top-k selection is a constant (no gradient flows through the choice);
+  scores are recomputed from the selected keys, so gradients reach `queries`,
+  `scale` and, through the gather, the memory's keys and values.
+
+  Args:
+    memory: the memory (floating values).
+    queries: [Q, Dk] or [Dk].
+    k: number of items attended per query.
+    metric: "inner_product" or "cosine".
+    scale: multiplies the scores before the softmax (an inverse temperature).
+    chunk_size: passed to `lookup`.
+
+  Returns:
+    [Q, Dv] (or [Dv]) read vectors; zeros for a query that finds nothing.
+  """
+  _check_memory(memory)
+  if not jnp.issubdtype(memory.values.dtype, jnp.floating):
+    raise TypeError(f"attend needs floating memory.values; got {memory.values.dtype}")
+  found = lookup(jax.lax.stop_gradient(memory), jax.lax.stop_gradient(queries), k,
+                 metric=metric, chunk_size=chunk_size)
+  queries = jnp.asarray(queries)
+  dtype = _checks.compute_dtype(queries.dtype, memory.keys.dtype)
+  safe = jnp.clip(found.indices, 0, memory.num_slots - 1)
+  keys = memory.keys[safe].astype(dtype)  # [(Q,) K, Dk]
+  q = queries.astype(dtype)
+  if metric == "cosine":
+    keys, q = _normalize(keys).astype(dtype), _normalize(q).astype(dtype)
+  scores = jnp.einsum("...d,...kd->...k", q, keys) * scale
+  weights = jax.nn.softmax(scores, axis=-1, where=found.found)
+  weights = jnp.where(found.found, weights, 0)
+  values = memory.values[safe].astype(dtype)
+  out = jnp.einsum("...k,...kv->...v", weights, values)
+  return out.astype(jnp.result_type(queries.dtype, memory.values.dtype))

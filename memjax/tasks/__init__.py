@@ -1,0 +1,1 @@
+"""Data for memjax's tasks: pure NumPy / jax.random, deterministic from a seed, no downloads."""
