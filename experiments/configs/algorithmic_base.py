@@ -36,11 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to run in seconds on a CPU and save several checkpoints."""
-  c.model.memory_size = 16
-  c.model.word_size = 6
   if c.model.name == "lstm":
     c.model.hidden_size = 16
   else:
+    c.model.memory_size = 16
+    c.model.word_size = 6
     c.model.controller_size = 16
   c.batch_size = 4
   c.num_steps = 60
