@@ -10,7 +10,7 @@ from memjax.nn import controllers
 from memjax.nn import dnc
 from memjax.nn import sequence
 
-I, O, N, W, C, R = 5, 4, 6, 3, 7, 2
+IN, OUT, N, W, C, R = 5, 4, 6, 3, 7, 2
 
 
 def _sigmoid(x):
@@ -96,11 +96,11 @@ def _random_state(cell, rng, batch):
 
 
 def test_step_matches_numpy_reference():
-  cell = dnc.DNCCell(I, O, memory_size=N, word_size=W, num_read_heads=R, controller_size=C,
+  cell = dnc.DNCCell(IN, OUT, memory_size=N, word_size=W, num_read_heads=R, controller_size=C,
                      rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   state = _random_state(cell, rng, 3)
-  x = rng.normal(size=(3, I)).astype(np.float32)
+  x = rng.normal(size=(3, IN)).astype(np.float32)
   new, y = jax.jit(lambda s, x: cell(s, x))(state, x)
   for b in range(3):
     ref = _reference_step(cell, jax.tree.map(lambda v, b=b: np.asarray(v[b]), state), x[b])
@@ -112,13 +112,13 @@ def test_step_matches_numpy_reference():
 
 
 def test_initial_state_runs_and_grads_are_finite():
-  cell = dnc.DNCCell(I, O, memory_size=N, word_size=W, num_read_heads=R, controller_size=C,
+  cell = dnc.DNCCell(IN, OUT, memory_size=N, word_size=W, num_read_heads=R, controller_size=C,
                      rngs=nnx.Rngs(1))
-  s = cell.initialize_carry((2, I))
+  s = cell.initialize_carry((2, IN))
   assert s.link.shape == (2, N, N) and s.usage.shape == (2, N)
   np.testing.assert_allclose(s.memory, 1e-6)
   graphdef, params = nnx.split(cell)
-  x = jnp.asarray(np.random.default_rng(2).integers(0, 2, size=(2, 6, I)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(2).integers(0, 2, size=(2, 6, IN)), jnp.float32)
 
   def loss(params):
     _, ys, _ = sequence.run_cell(nnx.merge(graphdef, params), x, remat=True)
@@ -131,11 +131,11 @@ def test_initial_state_runs_and_grads_are_finite():
 
 
 def test_feedforward_and_bad_options():
-  cell = dnc.DNCCell(I, O, memory_size=N, word_size=W, controller="feedforward",
+  cell = dnc.DNCCell(IN, OUT, memory_size=N, word_size=W, controller="feedforward",
                      controller_size=C, rngs=nnx.Rngs(0))
-  _, y = cell(cell.initialize_carry((I,)), jnp.ones((I,)))
-  assert y.shape == (O,)
+  _, y = cell(cell.initialize_carry((IN,)), jnp.ones((IN,)))
+  assert y.shape == (OUT,)
   with pytest.raises(ValueError, match="memory_size"):
-    dnc.DNCCell(I, O, memory_size=0, rngs=nnx.Rngs(0))
+    dnc.DNCCell(IN, OUT, memory_size=0, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="controller"):
-    dnc.DNCCell(I, O, controller="transformer", rngs=nnx.Rngs(0))
+    dnc.DNCCell(IN, OUT, controller="transformer", rngs=nnx.Rngs(0))

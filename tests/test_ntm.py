@@ -10,14 +10,14 @@ from memjax.nn import controllers
 from memjax.nn import ntm
 from memjax.nn import sequence
 
-I, O, N, W, C = 5, 4, 7, 3, 6
+IN, OUT, N, W, C = 5, 4, 7, 3, 6
 
 
 def _cell(**kw):
   opts = dict(memory_size=N, word_size=W, controller_size=C, num_read_heads=2,
               num_write_heads=1, shift_range=1)
   opts.update(kw)
-  return ntm.NTMCell(I, O, rngs=nnx.Rngs(0), **opts)
+  return ntm.NTMCell(IN, OUT, rngs=nnx.Rngs(0), **opts)
 
 
 def _sigmoid(x):
@@ -80,7 +80,7 @@ def _reference_step(cell, state, x):
 
 
 def _random_state(cell, rng, batch):
-  state = cell.initialize_carry((batch, I))
+  state = cell.initialize_carry((batch, IN))
   n_heads = cell.num_read_heads + cell.num_write_heads
   w = rng.dirichlet(np.ones(N), size=(batch, n_heads)).astype(np.float32)
   return state._replace(
@@ -96,7 +96,7 @@ def test_step_matches_numpy_reference(heads):
   cell = _cell(num_read_heads=heads[0], num_write_heads=heads[1])
   rng = np.random.default_rng(1)
   state = _random_state(cell, rng, 3)
-  x = rng.normal(size=(3, I)).astype(np.float32)
+  x = rng.normal(size=(3, IN)).astype(np.float32)
   new, y = jax.jit(lambda s, x: cell(s, x))(state, x)
   for b in range(3):
     one = jax.tree.map(lambda v, b=b: np.asarray(v[b]), state)
@@ -112,7 +112,7 @@ def test_step_matches_numpy_reference(heads):
 
 def test_initial_state_and_memory_inits():
   cell = _cell()
-  state = cell.initialize_carry((4, I))
+  state = cell.initialize_carry((4, IN))
   assert state.memory.shape == (4, N, W)
   np.testing.assert_allclose(state.memory, 1e-6)
   assert state.read_weights.shape == (4, 2, N) and state.write_weights.shape == (4, 1, N)
@@ -120,26 +120,26 @@ def test_initial_state_and_memory_inits():
   assert int(jnp.argmax(state.write_weights[0, 0])) == 0  # starts focused on slot 0
   learned = _cell(memory_init="learned")
   assert isinstance(learned.initial_memory, nnx.Param)
-  np.testing.assert_allclose(learned.initialize_carry((2, I)).memory[1],
+  np.testing.assert_allclose(learned.initialize_carry((2, IN)).memory[1],
                              learned.initial_memory[...])
   random = _cell(memory_init="random")
   with pytest.raises(ValueError, match="rngs"):
-    random.initialize_carry((2, I))
-  m = random.initialize_carry((2, I), nnx.Rngs(carry=3)).memory
+    random.initialize_carry((2, IN))
+  m = random.initialize_carry((2, IN), nnx.Rngs(carry=3)).memory
   assert m.shape == (2, N, W) and float(jnp.abs(m[0] - m[1]).max()) > 0.1
 
 
 def test_feedforward_controller_and_unbatched_input():
   cell = _cell(controller="feedforward")
-  state = cell.initialize_carry((I,))
+  state = cell.initialize_carry((IN,))
   assert state.controller == () and state.memory.shape == (N, W)
-  new, y = cell(state, jnp.ones((I,)))
-  assert y.shape == (O,) and new.read_vectors.shape == (2, W)
+  new, y = cell(state, jnp.ones((IN,)))
+  assert y.shape == (OUT,) and new.read_vectors.shape == (2, W)
 
 
 def test_runs_under_nnx_rnn_and_scan_like_run_cell():
   cell = _cell()
-  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, I)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, IN)), jnp.float32)
   _, ys, _ = sequence.run_cell(cell, x)
   rnn = nnx.RNN(cell, rngs=False)
   np.testing.assert_allclose(rnn(x), ys, rtol=1e-5, atol=1e-6)
@@ -148,7 +148,7 @@ def test_runs_under_nnx_rnn_and_scan_like_run_cell():
   def scan_fn(carry, xt):
     return cell(carry, xt)
 
-  _, ys2 = scan_fn(cell.initialize_carry((2, I)), x)
+  _, ys2 = scan_fn(cell.initialize_carry((2, IN)), x)
   np.testing.assert_allclose(ys2, ys, rtol=1e-5, atol=1e-6)
   _, ys3, _ = sequence.run_cell(cell, x, remat=True, unroll=2)
   np.testing.assert_allclose(ys3, ys, rtol=1e-5, atol=1e-6)
@@ -157,7 +157,7 @@ def test_runs_under_nnx_rnn_and_scan_like_run_cell():
 def test_gradients_finite_and_remat_equal():
   cell = _cell()
   graphdef, params = nnx.split(cell)
-  x = jnp.asarray(np.random.default_rng(3).integers(0, 2, size=(2, 5, I)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(3).integers(0, 2, size=(2, 5, IN)), jnp.float32)
 
   def loss(params, remat):
     _, ys, _ = sequence.run_cell(nnx.merge(graphdef, params), x, remat=remat)
