@@ -70,6 +70,54 @@ def compiler_options() -> dict[str, str] | None:
 
 # ----------------------------------------------------------------------------- config
 
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults: NTM (LSTM controller, 128 x 20 memory) on copy 1-20, Adam, stop at 0.1 bit errors."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "algorithmic"
+  c.seed = 0
+  c.task = ml_collections.ConfigDict({"name": "copy", "bits": 8, "min_length": 1,
+                                      "max_length": 20})
+  c.model = ml_collections.ConfigDict({
+      "name": "ntm", "memory_size": 128, "word_size": 20, "num_read_heads": 1,
+      "num_write_heads": 1, "shift_range": 1, "controller": "lstm", "controller_size": 100,
+      "memory_init": "constant", "clip_value": 20.0})
+  c.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3,
+                                           "grad_clip_norm": 10.0})
+  c.batch_size = 16
+  c.num_steps = 20000            # upper bound; the stopping criterion usually ends sooner
+  c.steps_per_call = 25          # training steps per jitted call
+  c.log_every = 100
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.error_window = 1000          # sequences in the moving average of bit errors
+  c.stop_at_bit_errors = 0.1     # None: train for num_steps
+  c.remat = True
+  c.eval_lengths = (20, 40, 60, 80, 100)
+  c.eval_batch_size = 32
+  c.eval_batches = 2
+  c.plots = True
+  return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to run in seconds on a CPU and save several checkpoints."""
+  if c.model.name == "lstm":
+    c.model.hidden_size = 16
+  else:
+    c.model.memory_size = 16
+    c.model.word_size = 6
+    c.model.controller_size = 16
+  c.batch_size = 4
+  c.num_steps = 60
+  c.steps_per_call = 5
+  c.log_every = 5
+  c.checkpoint_every = 10
+  c.error_window = 20
+  c.eval_batch_size = 4
+  c.eval_batches = 1
+  return c
+
+
 
 def _positive_int(config, name: str) -> None:
   value = config.get(name)
@@ -326,6 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   window = collections.deque((e for e in state["recent_errors"] if np.isfinite(e)),
                              maxlen=config.error_window)
   converged_step = int(state["converged_step"])
+  trained_before = converged_step >= 0 or step >= config.num_steps
   b, k = config.batch_size, config.steps_per_call
   stop_at = config.get("stop_at_bit_errors")
   wall = lambda: previous_wall + time.time() - launched
@@ -374,9 +423,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              "bit_errors_per_sequence": float(np.mean(window)) if window
                              else float("nan"), "wall_time": wall()}
   if converged_step >= 0:
-    print(f"converged at step {converged_step} ({converged_step * b} sequences): moving "
-          f"average of {summary['bit_errors_per_sequence']:.3f} bit errors per sequence "
-          f"after {summary['wall_time']:.1f} s from launch", flush=True)
+    when = ("earlier run" if trained_before else
+            f"{summary['wall_time']:.1f} s after launch")
+    print(f"converged at step {converged_step} ({converged_step * b} sequences, "
+          f"{when}): below {stop_at} bit errors per sequence", flush=True)
+  print(f"final bit errors per sequence (moving average over the last {len(window)} "
+        f"sequences): {summary['bit_errors_per_sequence']:.3f} at step {step}", flush=True)
   if stopped_by_signal is not None:
     print(f"stopped at step {step} by signal {stopped_by_signal}; checkpoint saved, run the "
           "same command again to resume", flush=True)
