@@ -15,7 +15,7 @@ from memjax.training import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "configs", "ntm_copy.py")
-TINY = ["--config.num_steps=600", "--config.checkpoint_every=50", "--config.log_every=5",
+TINY = ["--config.num_steps=300", "--config.checkpoint_every=50", "--config.log_every=5",
         "--config.stop_at_bit_errors=0.0", "--config.plots=False", "--config.seed=3"]
 
 
@@ -62,7 +62,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
   victim.wait()
   assert victim.returncode == -signal.SIGKILL
   killed_at = _train_rows(broken)[-1][0]
-  assert killed_at < 600
+  assert killed_at < 300
   # 2. Resume, then stop it with SIGTERM: it saves a checkpoint and exits cleanly.
   second = _launch(broken)
   _wait_for_checkpoint(second, broken, after=first)
@@ -78,7 +78,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
   assert reference.returncode == 0, ref_out
 
   rows, ref_rows = _train_rows(broken), _train_rows(clean)
-  assert [r[0] for r in ref_rows] == list(range(5, 601, 5))
+  assert [r[0] for r in ref_rows] == list(range(5, 301, 5))
   assert rows == ref_rows  # step for step, bit for bit
   assert _eval_rows(broken) == _eval_rows(clean)
   assert "| 8 |" in out3

@@ -87,10 +87,18 @@ def plot_episode(out_path: str, *, inputs: np.ndarray, targets: np.ndarray,
   rw = np.asarray(read_weights)
   ww = ww[:, 0] if ww.ndim == 3 else ww
   rw = rw[:, 0] if rw.ndim == 3 else rw
-  panels = [("inputs", inputs.T), ("targets", targets.T), ("outputs", outputs.T),
-            ("write weighting (slot x time)", ww.T), ("read weighting (slot x time)", rw.T)]
+  # Show only the slots the heads visit (with a margin), as the paper's figures do.
+  used = np.nonzero(np.maximum(ww.max(0), rw.max(0)) > 1e-2)[0]
+  lo, hi = (max(0, used.min() - 2), min(ww.shape[1], used.max() + 3)) if used.size else (
+      0, ww.shape[1])
+  ww, rw = ww[:, lo:hi], rw[:, lo:hi]
   if memory is not None:
-    panels.append(("memory (slot x word) at the end", np.asarray(memory)))
+    memory = np.asarray(memory)[lo:hi]
+  panels = [("inputs", inputs.T), ("targets", targets.T), ("outputs", outputs.T),
+            (f"write weighting (slots {lo}-{hi - 1} x time)", ww.T),
+            (f"read weighting (slots {lo}-{hi - 1} x time)", rw.T)]
+  if memory is not None:
+    panels.append((f"memory at the end (slots {lo}-{hi - 1} x word)", memory))
   fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.6 * len(panels) + 1.5))
   for ax, (name, image) in zip(axes, panels):
     ax.imshow(image, aspect="auto", cmap="gray_r" if "weight" in name else "viridis",
