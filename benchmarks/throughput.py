@@ -29,24 +29,26 @@ _MODELS = flags.DEFINE_list("models", ["ntm", "dnc"], "Models to time.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Batch sizes.")
 _SECONDS = flags.DEFINE_float("seconds", 8.0, "Measuring time per setting (after compile).")
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 10, "Training steps per jitted call.")
+_GROUPS = flags.DEFINE_list("scan_groups", ["1"], "Values of config.scan_groups to compare.")
 
 
-def config_for(model: str, batch_size: int):
+def config_for(model: str, batch_size: int, groups: int = 1):
   c = algorithmic_base.base_config()
   if model == "dnc":
     c.model = {"name": "dnc", "memory_size": 128, "word_size": 20, "num_read_heads": 1,
                "controller": "lstm", "controller_size": 100, "memory_init": "constant",
                "clip_value": 20.0}
   c.batch_size = batch_size
+  c.scan_groups = groups
   c.steps_per_call = _STEPS_PER_CALL.value
   c.log_every = c.checkpoint_every = c.steps_per_call
   c.num_steps = c.steps_per_call
   return c
 
 
-def measure(model: str, batch_size: int) -> tuple[float, float]:
+def measure(model: str, batch_size: int, groups: int = 1) -> tuple[float, float]:
   """(compile seconds, training sequences per second) of one setting."""
-  config = config_for(model, batch_size)
+  config = config_for(model, batch_size, groups)
   algorithmic.validate_config(config)
   exp = algorithmic.build(config)
   params, opt_state = exp.params, exp.optimizer.init(exp.params)
@@ -74,12 +76,16 @@ def main(argv):
   del argv
   print(f"JAX {jax.__version__} on {jax.default_backend()}, {jax.device_count()} device(s); "
         "copy lengths 1-20, 128 x 20 memory, LSTM 100, 1 read + 1 write head")
-  print("| model | batch | compile (s) | sequences/s | steps/s |")
-  print("| --- | ---: | ---: | ---: | ---: |")
+  print("| model | batch | scan groups | compile (s) | sequences/s | steps/s |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: |")
   for model in _MODELS.value:
     for b in (int(x) for x in _BATCHES.value):
-      compile_s, rate = measure(model, b)
-      print(f"| {model} | {b} | {compile_s:.1f} | {rate:,.0f} | {rate / b:.1f} |", flush=True)
+      for g in (int(x) for x in _GROUPS.value):
+        if b % g:
+          continue
+        compile_s, rate = measure(model, b, g)
+        print(f"| {model} | {b} | {g} | {compile_s:.1f} | {rate:,.0f} | {rate / b:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
