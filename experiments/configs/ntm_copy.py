@@ -9,6 +9,9 @@ from experiments.configs import algorithmic_base
 
 def get_config(arg=None):
   c = algorithmic_base.base_config()
+  # Adam at 3e-3 leaves the initial plateau about four times sooner than at 1e-3
+  # (measured: 625-725 steps against 2,900 to reach 0.1 bit errors per sequence).
+  c.optimizer.learning_rate = 3e-3
   if arg == "smoke":
     c.task.max_length = 4
     c.eval_lengths = (4, 8)
