@@ -124,16 +124,17 @@ def test_initial_state_runs_and_grads_are_finite():
     _, ys, _ = sequence.run_cell(nnx.merge(graphdef, params), x, remat=True)
     return jnp.sum(jnp.sin(ys))
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
-  _, ys, _ = sequence.run_cell(cell, x)
-  np.testing.assert_allclose(nnx.RNN(cell, rngs=False)(x), ys, rtol=1e-5, atol=1e-6)
+  rnn = nnx.RNN(cell, rngs=False)
+  ys, ys_rnn = nnx.jit(lambda rnn, x: (sequence.run_cell(rnn.cell, x)[1], rnn(x)))(rnn, x)
+  np.testing.assert_allclose(ys_rnn, ys, rtol=1e-5, atol=1e-6)
 
 
 def test_feedforward_and_bad_options():
   cell = dnc.DNCCell(IN, OUT, memory_size=N, word_size=W, controller="feedforward",
                      controller_size=C, rngs=nnx.Rngs(0))
-  _, y = cell(cell.initialize_carry((IN,)), jnp.ones((IN,)))
+  _, y = jax.jit(lambda s, x: cell(s, x))(cell.initialize_carry((IN,)), jnp.ones((IN,)))
   assert y.shape == (OUT,)
   with pytest.raises(ValueError, match="memory_size"):
     dnc.DNCCell(IN, OUT, memory_size=0, rngs=nnx.Rngs(0))

@@ -1,5 +1,6 @@
 """LSTM baseline cell: a step against the LSTM equations in NumPy, and stacking."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def test_two_layer_step_matches_numpy():
   carry = tuple(controllers.LSTMState(*(rng.normal(size=(1, 4)).astype(np.float32)
                                         for _ in range(2))) for _ in range(2))
   x = rng.normal(size=(1, 3)).astype(np.float32)
-  new, y = cell(carry, x)
+  new, y = jax.jit(lambda c, x: cell(c, x))(carry, x)
   h = x[0].astype(np.float64)
   for layer, (hp, cp) in zip(cell.layers, carry):
     z = np.concatenate([h, hp[0]]) @ np.asarray(layer.gates.kernel[...]) + np.asarray(

@@ -133,25 +133,29 @@ def test_feedforward_controller_and_unbatched_input():
   cell = _cell(controller="feedforward")
   state = cell.initialize_carry((IN,))
   assert state.controller == () and state.memory.shape == (N, W)
-  new, y = cell(state, jnp.ones((IN,)))
+  new, y = jax.jit(lambda s, x: cell(s, x))(state, jnp.ones((IN,)))
   assert y.shape == (OUT,) and new.read_vectors.shape == (2, W)
 
 
 def test_runs_under_nnx_rnn_and_scan_like_run_cell():
-  cell = _cell()
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, IN)), jnp.float32)
-  _, ys, _ = sequence.run_cell(cell, x)
-  rnn = nnx.RNN(cell, rngs=False)
-  np.testing.assert_allclose(rnn(x), ys, rtol=1e-5, atol=1e-6)
+  rnn = nnx.RNN(_cell(), rngs=False)
 
-  @nnx.scan(in_axes=(nnx.Carry, 1), out_axes=(nnx.Carry, 1))
-  def scan_fn(carry, xt):
-    return cell(carry, xt)
+  @nnx.jit
+  def all_ways(rnn, x):
+    cell = rnn.cell
 
-  _, ys2 = scan_fn(cell.initialize_carry((2, IN)), x)
-  np.testing.assert_allclose(ys2, ys, rtol=1e-5, atol=1e-6)
-  _, ys3, _ = sequence.run_cell(cell, x, remat=True, unroll=2)
-  np.testing.assert_allclose(ys3, ys, rtol=1e-5, atol=1e-6)
+    @nnx.scan(in_axes=(nnx.Carry, 1), out_axes=(nnx.Carry, 1))
+    def scan_fn(carry, xt):
+      return cell(carry, xt)
+
+    _, ys, _ = sequence.run_cell(cell, x)
+    _, ys_remat, _ = sequence.run_cell(cell, x, remat=True, unroll=2)
+    return ys, rnn(x), scan_fn(cell.initialize_carry((2, IN)), x)[1], ys_remat
+
+  ys, *others = all_ways(rnn, x)
+  for other in others:
+    np.testing.assert_allclose(other, ys, rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_finite_and_remat_equal():
@@ -163,8 +167,9 @@ def test_gradients_finite_and_remat_equal():
     _, ys, _ = sequence.run_cell(nnx.merge(graphdef, params), x, remat=remat)
     return jnp.sum(jnp.sin(ys))
 
-  g1 = jax.grad(loss)(params, False)
-  g2 = jax.grad(loss)(params, True)
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g1 = grad(params, False)
+  g2 = grad(params, True)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     assert np.all(np.isfinite(a))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
