@@ -33,6 +33,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds, one run e
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/ntm_copy.py", "Config file.")
 _EXTRA = flags.DEFINE_list("overrides", [], "Extra --config.key=value flags for every run.")
 _KEEP = flags.DEFINE_string("workdir", None, "Where runs go (default: a temporary directory).")
+_CAP = flags.DEFINE_float("max_seconds", 150.0, "A run still training after this many seconds "
+                          "gets SIGTERM (it saves a checkpoint and stops) and counts as not "
+                          "converged.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,10 +45,16 @@ def run_seed(seed: int, workdir: str) -> dict:
          f"--workdir={workdir}", f"--config.seed={seed}", *_EXTRA.value]
   env = dict(os.environ, PYTHONPATH=ROOT)
   start = time.time()
-  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    _, err = proc.communicate(timeout=_CAP.value)
+  except subprocess.TimeoutExpired:
+    proc.terminate()
+    _, err = proc.communicate()
   total = time.time() - start
-  if done.returncode:
-    raise RuntimeError(f"seed {seed} failed:\n{done.stderr[-3000:]}")
+  if proc.returncode:
+    raise RuntimeError(f"seed {seed} failed:\n{err[-3000:]}")
   rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   train = [r for r in rows if "loss" in r]
   converged = [r for r in train if r.get("converged")]
