@@ -344,11 +344,11 @@ def _plot_example(exp: Experiment, params, workdir: str) -> list[str]:
     return paths
   batch = exp.task.sample(tasks.rng_for(exp.config.seed, 0, stream=2), 1)
   cell = exp.cell(params)
-  write_w = (lambda c: c.write_weights)
   _, logits, (ww, rw, mem) = sequence.run_cell(
       cell, jnp.asarray(batch.inputs),
-      collect=lambda c: (write_w(c), c.read_weights, c.memory))
-  steps = int(np.max(np.nonzero(batch.mask[0])[0])) + 1 if batch.mask.any() else batch.mask.shape[1]
+      collect=lambda c: (c.write_weights, c.read_weights, c.memory))
+  scored = np.nonzero(batch.mask[0])[0]
+  steps = int(scored.max()) + 1 if scored.size else batch.mask.shape[1]  # drop the padding
   paths.append(plotting.plot_episode(
       os.path.join(workdir, "episode.png"), inputs=batch.inputs[0, :steps],
       targets=batch.targets[0, :steps], outputs=np.asarray(jax.nn.sigmoid(logits[0, :steps])),
