@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display is needed
 
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 import numpy as np
 
 from memjax.training import metrics
@@ -57,6 +58,7 @@ def plot_learning_curve(metrics_path: str, out_path: str, *, y: str | Sequence[s
         ys = np.maximum(ys, floor)
         ax.set_yscale("log")
       ax.plot(xs, ys, lw=1.5)
+    ax.xaxis.set_major_formatter(ticker.EngFormatter())  # 350k, not 350000
     ax.set_xlabel(x)
     ax.set_ylabel(key)
     ax.grid(True, alpha=0.3)
