@@ -18,8 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display is needed
 
 import matplotlib.pyplot as plt
-from matplotlib import ticker
 import numpy as np
+from matplotlib import ticker
 
 from memjax.training import metrics
 
