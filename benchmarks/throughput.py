@@ -46,8 +46,8 @@ def config_for(model: str, batch_size: int, groups: int = 1):
   return c
 
 
-def measure(model: str, batch_size: int, groups: int = 1) -> tuple[float, float]:
-  """(compile seconds, training sequences per second) of one setting."""
+def measure(model: str, batch_size: int, groups: int = 1) -> tuple[float, float, float]:
+  """(compile seconds, training sequences per second, CPU ms per sequence) of one setting."""
   config = config_for(model, batch_size, groups)
   algorithmic.validate_config(config)
   exp = algorithmic.build(config)
@@ -58,7 +58,7 @@ def measure(model: str, batch_size: int, groups: int = 1) -> tuple[float, float]
   jax.block_until_ready(loss)
   compile_s = time.perf_counter() - start
   step, upcoming = k, exp.batches(k, k)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   while True:
     params, opt_state, loss, _ = exp.train_chunk(params, opt_state, upcoming)
     step += k
@@ -67,25 +67,28 @@ def measure(model: str, batch_size: int, groups: int = 1) -> tuple[float, float]
     elapsed = time.perf_counter() - start
     if elapsed >= _SECONDS.value:
       break
+  cpu = time.process_time() - cpu_start
   if not np.all(np.isfinite(loss)):
     raise RuntimeError(f"non-finite loss for {model} at batch {batch_size}")
-  return compile_s, (step - k) * batch_size / elapsed
+  sequences = (step - k) * batch_size
+  return compile_s, sequences / elapsed, 1e3 * cpu / sequences
 
 
 def main(argv):
   del argv
   print(f"JAX {jax.__version__} on {jax.default_backend()}, {jax.device_count()} device(s); "
         "copy lengths 1-20, 128 x 20 memory, LSTM 100, 1 read + 1 write head")
-  print("| model | batch | scan groups | compile (s) | sequences/s | steps/s |")
-  print("| --- | ---: | ---: | ---: | ---: | ---: |")
+  print("| model | batch | scan groups | compile (s) | sequences/s | steps/s "
+        "| CPU ms / sequence |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
   for model in _MODELS.value:
     for b in (int(x) for x in _BATCHES.value):
       for g in (int(x) for x in _GROUPS.value):
         if b % g:
           continue
-        compile_s, rate = measure(model, b, g)
-        print(f"| {model} | {b} | {g} | {compile_s:.1f} | {rate:,.0f} | {rate / b:.1f} |",
-              flush=True)
+        compile_s, rate, cpu_ms = measure(model, b, g)
+        print(f"| {model} | {b} | {g} | {compile_s:.1f} | {rate:,.0f} | {rate / b:.1f} "
+              f"| {cpu_ms:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
