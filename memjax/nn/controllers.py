@@ -43,9 +43,20 @@ class LSTMController(nnx.Module):
     zeros = jnp.zeros((*batch_shape, self.size), dtype)
     return LSTMState(zeros, zeros)
 
+  @property
+  def linear(self) -> nnx.Linear:
+    """The controller's one linear layer (its input is `linear_input(state, x)`)."""
+    return self.gates
+
+  def linear_input(self, state: LSTMState, x: jax.Array) -> jax.Array:
+    return jnp.concatenate([x, state.h], axis=-1)
+
   def __call__(self, state: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
     """One step: x [B, I] -> (new state, h [B, C])."""
-    z = self.gates(jnp.concatenate([x, state.h], axis=-1))
+    return self.activate(state, self.gates(self.linear_input(state, x)))
+
+  def activate(self, state: LSTMState, z: jax.Array) -> tuple[LSTMState, jax.Array]:
+    """The step after the linear layer: gates' pre-activations z [B, 4C] -> (state, h)."""
     i, f, g, o = jnp.split(z, 4, axis=-1)
     c = jax.nn.sigmoid(f + self.forget_bias) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -70,9 +81,22 @@ class FeedForwardController(nnx.Module):
     del batch_shape, dtype
     return ()
 
+  @property
+  def linear(self) -> nnx.Linear:
+    """The controller's one linear layer (its input is `linear_input(state, x)`)."""
+    return self.hidden
+
+  def linear_input(self, state: tuple, x: jax.Array) -> jax.Array:
+    del state
+    return x
+
   def __call__(self, state: tuple, x: jax.Array) -> tuple[tuple, jax.Array]:
     """One step: x [B, I] -> ((), h [B, C])."""
-    return state, jnp.tanh(self.hidden(x))
+    return self.activate(state, self.hidden(x))
+
+  def activate(self, state: tuple, z: jax.Array) -> tuple[tuple, jax.Array]:
+    """The step after the linear layer: pre-activations z [B, C] -> ((), h)."""
+    return state, jnp.tanh(z)
 
 
 CONTROLLERS = ("lstm", "feedforward")

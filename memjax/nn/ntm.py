@@ -22,6 +22,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
 
@@ -101,6 +103,10 @@ class NTMCell(nnx.RNNCellBase):
       from the `rngs` given to `initialize_carry`).
     clip_value: controller outputs (the interface pre-activations) and the
       output logits are clipped to [-clip_value, clip_value]; None: no clip.
+    fused: run the memory part of a step (addressing, reads, write) as
+      `memory_step`, one function with a hand-written backward pass (faster
+      training, same values and gradients); False: compose the pure
+      primitives directly (`reference_memory_step`).
     rngs: parameter initialisation.
   """
 
@@ -108,7 +114,7 @@ class NTMCell(nnx.RNNCellBase):
                word_size: int = 20, num_read_heads: int = 1, num_write_heads: int = 1,
                shift_range: int = 1, controller: str = "lstm", controller_size: int = 100,
                memory_init: str = "constant", clip_value: float | None = 20.0,
-               rngs: nnx.Rngs):
+               fused: bool = True, rngs: nnx.Rngs):
     validate_memory_options(memory_size, word_size, num_read_heads, num_write_heads,
                             controller_size, memory_init, controller, shift_range)
     self.in_features = in_features
@@ -120,6 +126,7 @@ class NTMCell(nnx.RNNCellBase):
     self.shift_range = shift_range
     self.memory_init = memory_init
     self.clip_value = clip_value
+    self.fused = bool(fused)
     n, w, r, h = memory_size, word_size, num_read_heads, num_write_heads
     s = 2 * shift_range + 1
     # Per head: key [W], strength, gate, shift [S], gamma; write heads add erase [W], add [W].
@@ -195,11 +202,45 @@ class NTMCell(nnx.RNNCellBase):
       new, y = self(flat, inputs.reshape(-1, inputs.shape[-1]))
       return (jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), new),
               y.reshape(*batch, -1))
-    b = batch[0]
+    new, y, _ = self.step_with_deltas(carry, inputs, None)
+    return new, y
+
+  def hoisted_linears(self) -> tuple[nnx.Linear, ...]:
+    """The linear layers of a step, in the order of `step_with_deltas`' deltas."""
+    return (self.controller.linear, self.interface, self.output)
+
+  def step_with_deltas(self, carry: NTMState, inputs: jax.Array, deltas: tuple | None,
+                       dense: Callable[[int, jax.Array], jax.Array] | None = None
+                       ) -> tuple[NTMState, jax.Array, tuple[jax.Array, ...]]:
+    """One step on a [B, I] batch, exposing the linear layers (see `sequence.run_cell`).
+
+    Args:
+      carry: the previous `NTMState`.
+      inputs: [B, I].
+      deltas: None, or one array per layer of `hoisted_linears()` added to
+        that layer's output (zeros leave the step unchanged; their gradients
+        are the gradients of the layers' outputs).
+      dense: `dense(i, x)` computes layer i of `hoisted_linears()` on x
+        (default: the layer itself); `sequence.run_cell` passes one with a
+        faster backward pass.
+
+    Returns:
+      (new state, [B, O] logits, the inputs of the `hoisted_linears()`).
+      The step uses no parameters besides those layers'.
+    """
+    b = inputs.shape[0]
+    d_ctrl, d_iface, d_out = (None, None, None) if deltas is None else deltas
     r, h, w, a = self.num_read_heads, self.num_write_heads, self.word_size, self._address_size
     controller_in = jnp.concatenate([inputs, carry.read_vectors.reshape(b, r * w)], axis=-1)
-    controller_state, hidden = self.controller(carry.controller, controller_in)
-    iface = self._clip(self.interface(hidden))
+    if dense is None:
+      layers = self.hoisted_linears()
+      dense = lambda i, v: layers[i](v)
+    ctrl_linear_in = self.controller.linear_input(carry.controller, controller_in)
+    z = dense(0, ctrl_linear_in)
+    controller_state, hidden = self.controller.activate(
+        carry.controller, z if d_ctrl is None else z + d_ctrl)
+    iface = dense(1, hidden)
+    iface = self._clip(iface if d_iface is None else iface + d_iface)
     address = iface[:, :(r + h) * a].reshape(b, r + h, a)
     erase_add = iface[:, (r + h) * a:].reshape(b, h, 2 * w)
     key = jnp.tanh(address[..., :w])
@@ -211,10 +252,153 @@ class NTMCell(nnx.RNNCellBase):
     add = jnp.tanh(erase_add[..., w:])
 
     prev_w = jnp.concatenate([carry.read_weights, carry.write_weights], axis=1)
-    heads = _batched(addressing.ntm_weights, None, 0, 0, 0, 0, 0, 0)
-    new_w = heads(carry.memory, prev_w, key, strength, gate, shift_w, gamma)  # [B, R+H, N]
+    step = memory_step if self.fused else reference_memory_step
+    new_w, reads, memory = step(r, carry.memory, prev_w, key, strength, gate, shift_w, gamma,
+                                erase, add)  # [B, R+H, N], [B, R, W], [B, N, W]
     read_w, write_w = new_w[:, :r], new_w[:, r:]
-    reads = jax.vmap(access.read)(carry.memory, read_w)
-    memory = jax.vmap(access.write)(carry.memory, write_w, erase, add)
-    y = self._clip(self.output(jnp.concatenate([hidden, reads.reshape(b, r * w)], axis=-1)))
-    return NTMState(controller_state, memory, read_w, write_w, reads), y
+    out_in = jnp.concatenate([hidden, reads.reshape(b, r * w)], axis=-1)
+    y = dense(2, out_in)
+    y = self._clip(y if d_out is None else y + d_out)
+    return (NTMState(controller_state, memory, read_w, write_w, reads), y,
+            (ctrl_linear_in, hidden, out_in))
+
+
+# ----------------------------------------------------------------------------- fused memory step
+#
+# `memory_step` is addressing (eqs. 5-9) for all heads, the reads (eq. 2) and the
+# write (eqs. 3-4) of one step on a batch, as one function with a hand-written
+# backward pass (`jax.custom_vjp`). It computes what `addressing.ntm_weights`,
+# `access.read` and `access.write` compute (tests/test_ntm.py checks values and
+# gradients against jax.grad of those pure functions), but saves only small
+# [B, K, N] intermediates besides the memory and writes each gradient as a few
+# whole-batch array expressions, which XLA:CPU fuses into far fewer and cheaper
+# kernels than the automatic transpose of the vmapped primitives.
+
+
+def _roll(x: jax.Array, offset: int) -> jax.Array:
+  return jnp.roll(x, offset, axis=-1)
+
+
+def _write_factors(write_w: jax.Array, erase: jax.Array) -> list[jax.Array]:
+  """The erase factors (1 - w_h e_h^T), [B, N, W] each, one per write head."""
+  return [1.0 - write_w[:, h, :, None] * erase[:, h, None, :] for h in range(erase.shape[1])]
+
+
+def _product(factors: list[jax.Array]) -> jax.Array:
+  out = factors[0]
+  for f in factors[1:]:
+    out = out * f
+  return out
+
+
+def _memory_step_forward(num_reads, memory, prev_w, key, strength, gate, shift_w, gamma,
+                         erase, add):
+  half = shift_w.shape[-1] // 2
+  mem_norm = jnp.sqrt(jnp.sum(memory * memory, axis=-1) + addressing.NORM_EPSILON)  # [B, N]
+  key_norm = jnp.sqrt(jnp.sum(key * key, axis=-1) + addressing.NORM_EPSILON)        # [B, K]
+  dot = jnp.sum(memory[:, None] * key[:, :, None, :], axis=-1)
+  sim = dot / (mem_norm[:, None, :] * key_norm[..., None])                           # eq. 6
+  content = jax.nn.softmax(strength[..., None] * sim, axis=-1)                      # eq. 5
+  gated = gate[..., None] * content + (1.0 - gate[..., None]) * prev_w               # eq. 7
+  shifted = sum(shift_w[..., o + half, None] * _roll(gated, o)                        # eq. 8
+                for o in range(-half, half + 1))
+  log_shifted = jnp.log(shifted + addressing.SHARPEN_EPSILON)
+  weights = jax.nn.softmax(gamma[..., None] * log_shifted, axis=-1)                  # eq. 9
+  read_w, write_w = weights[:, :num_reads], weights[:, num_reads:]
+  reads = jnp.sum(read_w[..., None] * memory[:, None], axis=2)                       # eq. 2
+  added = sum(write_w[:, h, :, None] * add[:, h, None, :] for h in range(add.shape[1]))
+  new_memory = memory * _product(_write_factors(write_w, erase)) + added              # eqs. 3-4
+  residuals = (memory, prev_w, key, strength, gate, shift_w, gamma, erase, add, mem_norm,
+               key_norm, sim, content, gated, shifted, log_shifted, weights)
+  return (weights, reads, new_memory), residuals
+
+
+def _memory_step_backward(num_reads, residuals, cotangents):
+  (memory, prev_w, key, strength, gate, shift_w, gamma, erase, add, mem_norm, key_norm, sim,
+   content, gated, shifted, log_shifted, weights) = residuals
+  d_weights, d_reads, d_new = cotangents
+  half = shift_w.shape[-1] // 2
+  read_w, write_w = weights[:, :num_reads], weights[:, num_reads:]
+  heads = erase.shape[1]
+  # Write: M' = M * prod_h F_h + sum_h w_h a_h^T with F_h = 1 - w_h e_h^T.
+  factors = _write_factors(write_w, erase)
+  d_memory = d_new * _product(factors)
+  d_keep = d_new * memory
+  d_add = jnp.einsum("bnw,bhn->bhw", d_new, write_w)
+  d_write_w, d_erase = [], []
+  for h in range(heads):
+    others = [f for i, f in enumerate(factors) if i != h]
+    d_factor = d_keep * _product(others) if others else d_keep
+    d_write_w.append(jnp.einsum("bnw,bw->bn", d_new, add[:, h])
+                     - jnp.einsum("bnw,bw->bn", d_factor, erase[:, h]))
+    d_erase.append(-jnp.einsum("bnw,bn->bw", d_factor, write_w[:, h]))
+  d_erase = jnp.stack(d_erase, axis=1)
+  # Read: r = w M.
+  d_memory = d_memory + sum(read_w[:, r, :, None] * d_reads[:, r, None, :]
+                            for r in range(num_reads))
+  d_read_w = jnp.einsum("brw,bnw->brn", d_reads, memory)
+  d_w = d_weights + jnp.concatenate([d_read_w, jnp.stack(d_write_w, axis=1)], axis=1)
+  # Sharpen: w = softmax(gamma log(s + eps)).
+  d_logits = weights * (d_w - jnp.sum(d_w * weights, axis=-1, keepdims=True))
+  d_gamma = jnp.sum(d_logits * log_shifted, axis=-1)
+  d_shifted = gamma[..., None] * d_logits / (shifted + addressing.SHARPEN_EPSILON)
+  # Shift: s[i] = sum_o k_o g[i - o].
+  d_gated = sum(shift_w[..., o + half, None] * _roll(d_shifted, -o)
+                for o in range(-half, half + 1))
+  d_shift = jnp.stack([jnp.sum(d_shifted * _roll(gated, o), axis=-1)
+                       for o in range(-half, half + 1)], axis=-1)
+  # Interpolate: g c + (1 - g) w_prev.
+  d_content = gate[..., None] * d_gated
+  d_gate = jnp.sum(d_gated * (content - prev_w), axis=-1)
+  d_prev = (1.0 - gate[..., None]) * d_gated
+  # Content: c = softmax(beta K(M, k)), K = M k / (|M| |k|).
+  d_z = content * (d_content - jnp.sum(d_content * content, axis=-1, keepdims=True))
+  d_strength = jnp.sum(d_z * sim, axis=-1)
+  d_sim = strength[..., None] * d_z
+  d_dot = d_sim / (mem_norm[:, None, :] * key_norm[..., None])
+  d_mem_norm = -jnp.sum(d_sim * sim, axis=1) / mem_norm                 # [B, N]
+  d_key_norm = -jnp.sum(d_sim * sim, axis=-1) / key_norm                # [B, K]
+  d_memory = (d_memory + jnp.einsum("bkn,bkw->bnw", d_dot, key)
+              + (d_mem_norm / mem_norm)[..., None] * memory)
+  d_key = (jnp.einsum("bkn,bnw->bkw", d_dot, memory)
+           + (d_key_norm / key_norm)[..., None] * key)
+  return (d_memory, d_prev, d_key, d_strength, d_gate, d_shift, d_gamma, d_erase, d_add)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def memory_step(num_reads: int, memory: jax.Array, prev_w: jax.Array, key: jax.Array,
+                strength: jax.Array, gate: jax.Array, shift_w: jax.Array, gamma: jax.Array,
+                erase: jax.Array, add: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """All heads' addressing, the reads and the write of one NTM step, on a batch.
+
+  Equal to `addressing.ntm_weights` per head, `access.read` with the first
+  `num_reads` weightings and `access.write` with the others (K = R + H), with
+  a hand-written backward pass.
+
+  Args:
+    num_reads: R, the number of read heads (the first R of the K heads).
+    memory: [B, N, W] memory M_{t-1}.
+    prev_w: [B, K, N] weightings of the previous step.
+    key: [B, K, W]; strength, gate, gamma: [B, K]; shift_w: [B, K, S].
+    erase, add: [B, H, W] the write heads' erase (in [0, 1]) and add vectors.
+
+  Returns:
+    ([B, K, N] new weightings, [B, R, W] read vectors, [B, N, W] memory M_t).
+  """
+  return _memory_step_forward(num_reads, memory, prev_w, key, strength, gate, shift_w, gamma,
+                              erase, add)[0]
+
+
+memory_step.defvjp(_memory_step_forward, _memory_step_backward)
+
+
+def reference_memory_step(num_reads: int, memory: jax.Array, prev_w: jax.Array, key: jax.Array,
+                          strength: jax.Array, gate: jax.Array, shift_w: jax.Array,
+                          gamma: jax.Array, erase: jax.Array,
+                          add: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`memory_step` built from the pure primitives (automatic differentiation)."""
+  heads = _batched(addressing.ntm_weights, None, 0, 0, 0, 0, 0, 0)
+  weights = heads(memory, prev_w, key, strength, gate, shift_w, gamma)
+  reads = jax.vmap(access.read)(memory, weights[:, :num_reads])
+  new_memory = jax.vmap(access.write)(memory, weights[:, num_reads:], erase, add)
+  return weights, reads, new_memory

@@ -92,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.error_window = 1000          # sequences in the moving average of bit errors
   c.stop_at_bit_errors = 0.1     # None: train for num_steps
   c.remat = True
+  c.hoist = True                 # weight gradients of the linear layers outside the time loop
   c.scan_groups = 1              # independent scans over batch parts (cores run them at once)
   c.eval_lengths = (20, 40, 60, 80, 100)
   c.eval_batch_size = 32
@@ -153,8 +154,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if name in ("ntm", "dnc"):
     defaults = {"memory_size": 128, "word_size": 20, "num_read_heads": 1, "num_write_heads": 1,
                 "controller_size": 100, "memory_init": "constant", "controller": "lstm"}
-    allowed = set(defaults) | {"shift_range", "clip_value"}
+    allowed = set(defaults) | {"shift_range", "clip_value", "fused"}
     if name == "dnc":
+      allowed.discard("fused")
       allowed.discard("shift_range")
       allowed.discard("num_write_heads")
     unknown = set(options) - allowed
@@ -270,6 +272,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   graphdef, params = nnx.split(cell)
   optimizer = make_optimizer(config)
   remat = bool(config.get("remat", True))
+  hoist = bool(config.get("hoist", True))
   time_steps = task.time_steps()
   eval_time_steps = max([time_steps] + [task.time_steps(n) for n in config.eval_lengths])
 
@@ -280,7 +283,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     # can run on different cores at once; the arithmetic is unchanged.
     cell = nnx.merge(graphdef, params)
     parts = jnp.split(batch.inputs, groups) if groups > 1 else [batch.inputs]
-    logits = jnp.concatenate([sequence.run_cell(cell, x, remat=remat)[1] for x in parts])
+    logits = jnp.concatenate([sequence.run_cell(cell, x, remat=remat, hoist=hoist)[1]
+                              for x in parts])
     return sequence_loss(logits, batch)
 
   def one_step(state, batch):
