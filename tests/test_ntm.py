@@ -232,3 +232,25 @@ def test_hoisted_backward_equals_automatic_differentiation(controller):
       assert np.all(np.isfinite(a))
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()) + 1e-7,
                                  err_msg=f"{path} hoist={hoist} fused={fused}")
+
+
+def test_hoisted_run_with_fewer_steps_equals_full_run_on_those_steps():
+  cell = _cell()
+  graphdef, params = nnx.split(cell)
+  x = jnp.asarray(np.random.default_rng(6).integers(0, 2, size=(2, 6, IN)), jnp.float32)
+  scored = jnp.asarray([1, 1, 1, 1, 0, 0], jnp.float32)[None, :, None]  # the first 4 steps
+
+  def loss(params, steps):
+    _, ys, _ = sequence.run_cell(nnx.merge(graphdef, params), x, hoist=True, steps=steps)
+    return jnp.sum(jnp.sin(ys) * scored), ys
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (v_full, ys_full), g_full = grad(params, 6)
+  (v_four, ys_four), g_four = grad(params, 4)
+  np.testing.assert_allclose(v_four, v_full, rtol=1e-6)
+  np.testing.assert_allclose(ys_four[:, :4], ys_full[:, :4], rtol=1e-6, atol=1e-7)
+  assert float(jnp.abs(ys_four[:, 4:]).max()) == 0.0
+  for a, b in zip(jax.tree.leaves(g_four), jax.tree.leaves(g_full)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="steps"):
+    sequence.run_cell(cell, x, steps=4)

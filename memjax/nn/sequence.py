@@ -29,7 +29,8 @@ from flax import nnx
 
 def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = None,
              remat: bool = False, collect: Callable[[Any], Any] | None = None,
-             unroll: int = 1, hoist: bool = False) -> tuple[Any, jax.Array, Any]:
+             unroll: int = 1, hoist: bool = False,
+             steps: jax.Array | None = None) -> tuple[Any, jax.Array, Any]:
   """Runs `cell` over the time axis of `inputs`.
 
   Args:
@@ -46,6 +47,11 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
       `collect` is given or the cell lacks them). Same values and gradients
       up to float rounding; each step is recomputed in the backward pass as
       with `remat`.
+    steps: with `hoist`, an int32 scalar (may be traced): run only the first
+      `steps` time steps, in both passes; the outputs after them are zeros
+      and the final carry is the carry after `steps` steps. A training loss
+      that scores no output after `steps` gets exactly the same value and
+      gradients, for less work when a padded batch is shorter than T.
 
   Returns:
     (final carry, [B, T, O] outputs, the collected values or None).
@@ -57,8 +63,12 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
     carry = cell.initialize_carry((inputs.shape[0], inputs.shape[2]))
 
   if hoist and collect is None and hasattr(cell, "step_with_deltas"):
-    carry, ys = _hoisted_scan(cell, carry, jnp.swapaxes(inputs, 0, 1))
+    xs = jnp.swapaxes(inputs, 0, 1)
+    steps = jnp.asarray(xs.shape[0] if steps is None else steps, jnp.int32)
+    carry, ys = _hoisted_scan(cell, carry, xs, steps)
     return carry, jnp.swapaxes(ys, 0, 1), None
+  if steps is not None:
+    raise ValueError("steps needs hoist=True, no collect, and a cell with step_with_deltas")
 
   def step(c, x):
     c, y = cell(c, x)
@@ -71,22 +81,30 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
   return carry, jnp.swapaxes(ys, 0, 1), collected
 
 
-def _hoisted_scan(cell: nnx.RNNCellBase, carry: Any, xs: jax.Array) -> tuple[Any, jax.Array]:
-  """`lax.scan` of `cell` over time-major `xs` [T, B, I] with a hand-scheduled backward."""
+def _hoisted_scan(cell: nnx.RNNCellBase, carry: Any, xs: jax.Array,
+                  steps: jax.Array) -> tuple[Any, jax.Array]:
+  """`cell` over the first `steps` of time-major `xs` [T, B, I], with a hand-scheduled backward."""
   graphdef, params = nnx.split(cell)
+  length = xs.shape[0]
 
-  def forward(params, carry, xs):
+  def forward(params, carry, xs, steps):
     cell = nnx.merge(graphdef, params)
+    # Shapes of one step's outputs, for the buffers the loop writes into.
+    shapes = jax.eval_shape(lambda c, x: cell.step_with_deltas(c, x, None), carry, xs[0])
+    buffers = jax.tree.map(lambda a: jnp.zeros((length, *a.shape), a.dtype),
+                           (shapes[1], carry, shapes[2]))
 
-    def step(c, x):
-      new, y, layer_inputs = cell.step_with_deltas(c, x, None)
-      return new, (y, c, layer_inputs)
+    def body(t, state):
+      c, bufs = state
+      new, y, layer_inputs = cell.step_with_deltas(c, xs[t], None)
+      bufs = jax.tree.map(lambda buf, v: buf.at[t].set(v), bufs, (y, c, layer_inputs))
+      return new, bufs
 
-    final, (ys, carries, layer_inputs) = jax.lax.scan(step, carry, xs)
-    return (final, ys), (params, carries, xs, layer_inputs)
+    final, (ys, carries, layer_inputs) = jax.lax.fori_loop(0, steps, body, (carry, buffers))
+    return (final, ys), (params, carries, xs, layer_inputs, steps)
 
   def backward(residuals, cotangents):
-    params, carries, xs, layer_inputs = residuals
+    params, carries, xs, layer_inputs, steps = residuals
     d_final, d_ys = cotangents
     cell = nnx.merge(graphdef, params)
     layers = cell.hoisted_linears()
@@ -99,29 +117,37 @@ def _hoisted_scan(cell: nnx.RNNCellBase, carry: Any, xs: jax.Array) -> tuple[Any
       y = _dense_no_weight_grad(v, kernels[i], kernels_t[i])
       return y if biases[i] is None else y + biases[i]
 
-    def step_back(d_carry, inp):
-      c, x, d_y = inp
-      zeros = tuple(jnp.zeros((x.shape[0], layer.out_features), d_y.dtype) for layer in layers)
-      _, vjp = jax.vjp(lambda c, x, deltas: cell.step_with_deltas(c, x, deltas, dense)[:2],
-                       c, x, zeros)
-      d_prev, d_x, d_deltas = vjp((d_carry, d_y))
-      return d_prev, (d_x, d_deltas)
+    d_deltas = tuple(jnp.zeros((length, xs.shape[1], layer.out_features), d_ys.dtype)
+                     for layer in layers)
 
-    d_carry, (d_xs, d_deltas) = jax.lax.scan(step_back, d_final, (carries, xs, d_ys),
-                                             reverse=True)
+    def body(i, state):
+      d_carry, d_xs, d_deltas = state
+      t = steps - 1 - i
+      c = jax.tree.map(lambda buf: buf[t], carries)
+      zeros = tuple(d[0] for d in d_deltas)  # any [B, out] array of zeros' shape
+      zeros = tuple(jnp.zeros_like(z) for z in zeros)
+      _, vjp = jax.vjp(lambda c, x, deltas: cell.step_with_deltas(c, x, deltas, dense)[:2],
+                       c, xs[t], zeros)
+      d_prev, d_x, d_step = vjp((d_carry, d_ys[t]))
+      d_xs = d_xs.at[t].set(d_x)
+      d_deltas = tuple(d.at[t].set(v) for d, v in zip(d_deltas, d_step))
+      return d_prev, d_xs, d_deltas
+
+    d_carry, d_xs, d_deltas = jax.lax.fori_loop(0, steps, body,
+                                                (d_final, jnp.zeros_like(xs), d_deltas))
     grad_cell = nnx.merge(graphdef, jax.tree.map(jnp.zeros_like, params))
     for layer, x_in, d_out in zip(grad_cell.hoisted_linears(), layer_inputs, d_deltas):
       layer.kernel.set_value(jnp.einsum("tbi,tbo->io", x_in, d_out))
       if layer.bias is not None:
         layer.bias.set_value(jnp.sum(d_out, axis=(0, 1)))
-    return nnx.split(grad_cell)[1], d_carry, d_xs
+    return nnx.split(grad_cell)[1], d_carry, d_xs, None
 
   @jax.custom_vjp
-  def run(params, carry, xs):
-    return forward(params, carry, xs)[0]
+  def run(params, carry, xs, steps):
+    return forward(params, carry, xs, steps)[0]
 
   run.defvjp(forward, backward)
-  return run(params, carry, xs)
+  return run(params, carry, xs, steps)
 
 
 @jax.custom_vjp

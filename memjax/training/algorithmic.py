@@ -90,6 +90,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.error_window = 1000          # sequences in the moving average of bit errors
+  # Curriculum over the task's max_length (tasks with one: copy, repeat copy). start=0: off.
+  # Otherwise training starts at max_length=start and adds `increment` whenever the mean bit
+  # errors of the last `window` sequences at the current length drop below `threshold`; the
+  # stopping criterion is only tested at the task's own max_length.
+  c.curriculum = ml_collections.ConfigDict({"start": 0, "increment": 5, "threshold": 1.0,
+                                            "window": 400})
   c.stop_at_bit_errors = 0.1     # None: train for num_steps
   c.remat = True
   c.hoist = True                 # weight gradients of the linear layers outside the time loop
@@ -204,6 +210,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for length in config.eval_lengths:
     if not isinstance(length, int) or length < 1:
       raise ValueError(f"eval_lengths must hold integers >= 1; got {list(config.eval_lengths)}")
+  cur = config.get("curriculum")
+  if cur is not None and cur.start:
+    top = getattr(task, "max_length", None)
+    if top is None:
+      raise ValueError(f"curriculum.start={cur.start} needs a task with a max_length; "
+                       f"{config.task.name!r} has none")
+    if not isinstance(cur.start, int) or not 1 <= cur.start <= top:
+      raise ValueError(f"curriculum.start must be 0 (off) or an integer in [1, {top}]; "
+                       f"got {cur.start!r}")
+    if not isinstance(cur.increment, int) or cur.increment < 1:
+      raise ValueError(f"curriculum.increment must be an integer >= 1; got {cur.increment!r}")
+    if not isinstance(cur.window, int) or not 1 <= cur.window <= config.error_window:
+      raise ValueError(f"curriculum.window must be an integer in [1, error_window="
+                       f"{config.error_window}]; got {cur.window!r}")
+    if not cur.threshold > 0:
+      raise ValueError(f"curriculum.threshold must be > 0; got {cur.threshold!r}")
   if not isinstance(config.seed, int):
     raise ValueError(f"seed must be an integer; got {config.seed!r}")
   del task
@@ -257,10 +279,18 @@ class Experiment:
   def cell(self, params=None) -> nnx.RNNCellBase:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
-  def batches(self, first_step: int, count: int) -> tasks.Batch:
-    """Training batches `first_step .. first_step + count - 1`, stacked: [count, B, T, ...]."""
-    parts = [self.task.sample(tasks.rng_for(self.config.seed, s), self.config.batch_size,
-                              time_steps=self.time_steps)
+  def batches(self, first_step: int, count: int, max_length: int | None = None) -> tasks.Batch:
+    """Training batches `first_step .. first_step + count - 1`, stacked: [count, B, T, ...].
+
+    `max_length` (curriculum) draws from the task with that max_length instead,
+    padded to the same T.
+    """
+    task = self.task
+    if max_length is not None and max_length != task.max_length:
+      task = dataclasses.replace(task, max_length=max_length,
+                                 min_length=min(task.min_length, max_length))
+    parts = [task.sample(tasks.rng_for(self.config.seed, s), self.config.batch_size,
+                         time_steps=self.time_steps)
              for s in range(first_step, first_step + count)]
     return tasks.Batch(*(np.stack(x) for x in zip(*parts)))
 
@@ -283,8 +313,14 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     # can run on different cores at once; the arithmetic is unchanged.
     cell = nnx.merge(graphdef, params)
     parts = jnp.split(batch.inputs, groups) if groups > 1 else [batch.inputs]
-    logits = jnp.concatenate([sequence.run_cell(cell, x, remat=remat, hoist=hoist)[1]
-                              for x in parts])
+    # With hoist, the time loop stops after the batch's last scored step (nothing after it
+    # changes the loss), so short batches (a curriculum) train faster in the same shape.
+    steps = None
+    if hoist:
+      scored = jnp.any(batch.mask > 0, axis=0)[::-1]
+      steps = scored.shape[0] - jnp.argmax(scored)
+    logits = jnp.concatenate([sequence.run_cell(cell, x, remat=remat, hoist=hoist,
+                                                steps=steps)[1] for x in parts])
     return sequence_loss(logits, batch)
 
   def one_step(state, batch):
@@ -320,7 +356,17 @@ def _initial_state(exp: Experiment) -> dict[str, Any]:
       "recent_errors": np.full((window,), np.nan, np.float32),
       "wall_time": np.asarray(0.0, np.float64),
       "converged_step": np.asarray(-1, np.int64),
+      # Curriculum: the current max_length, and that of the batches already drawn for the
+      # next chunk (decided one chunk earlier); both are the task's max_length when off.
+      "level": np.asarray(_curriculum_start(exp), np.int64),
+      "upcoming_level": np.asarray(_curriculum_start(exp), np.int64),
   }
+
+
+def _curriculum_start(exp: Experiment) -> int:
+  cur = exp.config.get("curriculum")
+  top = getattr(exp.task, "max_length", 0)
+  return int(cur.start) if cur is not None and cur.start else top
 
 
 def evaluate_lengths(exp: Experiment, params, lengths) -> dict[int, float]:
@@ -389,6 +435,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   window = collections.deque((e for e in state["recent_errors"] if np.isfinite(e)),
                              maxlen=config.error_window)
   converged_step = int(state["converged_step"])
+  level, fed_level = int(state["level"]), int(state["upcoming_level"])
+  top = getattr(exp.task, "max_length", 0)
+  cur = config.get("curriculum")
+  curriculum = cur is not None and bool(cur.start)
   trained_before = converged_step >= 0 or step >= config.num_steps
   b, k = config.batch_size, config.steps_per_call
   stop_at = config.get("stop_at_bit_errors")
@@ -400,32 +450,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       recent[-len(window):] = np.asarray(window, np.float32)
     return {"params": params, "opt_state": opt_state, "step": np.asarray(at_step, np.int64),
             "recent_errors": recent, "wall_time": np.asarray(wall(), np.float64),
-            "converged_step": np.asarray(converged_step, np.int64)}
+            "converged_step": np.asarray(converged_step, np.int64),
+            "level": np.asarray(level, np.int64), "upcoming_level": np.asarray(fed_level, np.int64)}
 
   progress = metrics.Progress(config.num_steps, step)
   losses = []
   stopped_by_signal = None
   with checkpoint.GracefulStop() as stop:
-    upcoming = exp.batches(step, k) if step < config.num_steps and converged_step < 0 else None
+    upcoming = (exp.batches(step, k, fed_level) if step < config.num_steps and converged_step < 0
+                else None)
     while upcoming is not None:
       params, opt_state, loss, errors = exp.train_chunk(params, opt_state, upcoming)
       step += k
       done = step >= config.num_steps
-      upcoming = None if done else exp.batches(step, k)  # overlaps with the device's work
+      chunk_level, fed_level = fed_level, level
+      upcoming = None if done else exp.batches(step, k, level)  # overlaps with the device's work
       loss, errors = np.asarray(loss), np.asarray(errors)
       losses.extend(loss.tolist())
-      window.extend(errors.reshape(-1).tolist())
-      average = float(np.mean(window))
+      if chunk_level == level:  # errors of a chunk drawn before the last level change: dropped
+        window.extend(errors.reshape(-1).tolist())
+      average = float(np.mean(window if window else errors))
       full = len(window) == config.error_window
-      if stop_at is not None and full and average < stop_at:
+      if (curriculum and level < top and len(window) >= cur.window
+          and np.mean(list(window)[-cur.window:]) < cur.threshold):
+        level = min(level + cur.increment, top)
+        window.clear()
+        logging.info("curriculum: max_length %d from step %d", level, step)
+      if stop_at is not None and full and average < stop_at and level == top:
         converged_step = step
         upcoming = None
       if not np.all(np.isfinite(loss)):
         logging.error("non-finite loss at step %d; stopping", step)
         upcoming = None
       if step % config.log_every == 0 or upcoming is None:
+        extra = {"max_length": chunk_level} if curriculum else {}
         row = writer.write(step, sequences=step * b, wall_time=wall(),
-                           loss=float(np.mean(losses)), bit_errors_per_sequence=average,
+                           loss=float(np.mean(losses)), bit_errors_per_sequence=average, **extra,
                            **({"converged": True} if converged_step == step else {}))
         progress.log(step, loss=row["loss"], bit_errors=average)
         losses = []
