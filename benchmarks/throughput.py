@@ -2,6 +2,7 @@ r"""Training throughput of the NTM and DNC on the copy task, sequences per secon
 
   flock -x /work/cpu.lock python -m benchmarks.throughput            # all settings
   python -m benchmarks.throughput --models=ntm --batch_sizes=16      # one
+  python -m benchmarks.throughput --models=ntm --batch_sizes=16 --cpu_devices=1,2
 
 Setting (issue 3): copy task, lengths uniform in 1-20 (padded to 41 steps),
 8 bits, 128 x 20 memory, LSTM controller of 100 units, one read and one write
@@ -30,9 +31,11 @@ _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Batch sizes.")
 _SECONDS = flags.DEFINE_float("seconds", 8.0, "Measuring time per setting (after compile).")
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 10, "Training steps per jitted call.")
 _GROUPS = flags.DEFINE_list("scan_groups", ["1"], "Values of config.scan_groups to compare.")
+_DEVICES = flags.DEFINE_list("cpu_devices", ["1"], "Values of config.cpu_devices to compare "
+                             "(CPU devices the batch is split across, one per core).")
 
 
-def config_for(model: str, batch_size: int, groups: int = 1):
+def config_for(model: str, batch_size: int, groups: int = 1, devices: int = 1):
   c = algorithmic_base.base_config()
   if model == "dnc":
     c.model = {"name": "dnc", "memory_size": 128, "word_size": 20, "num_read_heads": 1,
@@ -40,18 +43,20 @@ def config_for(model: str, batch_size: int, groups: int = 1):
                "clip_value": 20.0}
   c.batch_size = batch_size
   c.scan_groups = groups
+  c.cpu_devices = devices
   c.steps_per_call = _STEPS_PER_CALL.value
   c.log_every = c.checkpoint_every = c.steps_per_call
   c.num_steps = c.steps_per_call
   return c
 
 
-def measure(model: str, batch_size: int, groups: int = 1) -> tuple[float, float, float]:
+def measure(model: str, batch_size: int, groups: int = 1,
+            devices: int = 1) -> tuple[float, float, float]:
   """(compile seconds, training sequences per second, CPU ms per sequence) of one setting."""
-  config = config_for(model, batch_size, groups)
+  config = config_for(model, batch_size, groups, devices)
   algorithmic.validate_config(config)
   exp = algorithmic.build(config)
-  params, opt_state = exp.params, exp.optimizer.init(exp.params)
+  params, opt_state = exp.place((exp.params, exp.optimizer.init(exp.params)))
   k = config.steps_per_call
   start = time.perf_counter()
   params, opt_state, loss, _ = exp.train_chunk(params, opt_state, exp.batches(0, k))
@@ -76,19 +81,21 @@ def measure(model: str, batch_size: int, groups: int = 1) -> tuple[float, float,
 
 def main(argv):
   del argv
+  algorithmic.use_cpu_devices(max(int(d) for d in _DEVICES.value))
   print(f"JAX {jax.__version__} on {jax.default_backend()}, {jax.device_count()} device(s); "
         "copy lengths 1-20, 128 x 20 memory, LSTM 100, 1 read + 1 write head")
-  print("| model | batch | scan groups | compile (s) | sequences/s | steps/s "
+  print("| model | batch | CPU devices | scan groups | compile (s) | sequences/s | steps/s "
         "| CPU ms / sequence |")
-  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
   for model in _MODELS.value:
     for b in (int(x) for x in _BATCHES.value):
-      for g in (int(x) for x in _GROUPS.value):
-        if b % g:
-          continue
-        compile_s, rate, cpu_ms = measure(model, b, g)
-        print(f"| {model} | {b} | {g} | {compile_s:.1f} | {rate:,.0f} | {rate / b:.1f} "
-              f"| {cpu_ms:.2f} |", flush=True)
+      for d in (int(x) for x in _DEVICES.value):
+        for g in (int(x) for x in _GROUPS.value):
+          if b % (g * d):
+            continue
+          compile_s, rate, cpu_ms = measure(model, b, g, d)
+          print(f"| {model} | {b} | {d} | {g} | {compile_s:.1f} | {rate:,.0f} | {rate / b:.1f} "
+                f"| {cpu_ms:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

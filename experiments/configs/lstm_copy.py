@@ -11,7 +11,9 @@ def get_config(arg=None):
   c.model = {"name": "lstm", "hidden_size": 256, "num_layers": 1, "clip_value": 20.0}
   c.num_steps = 10000
   c.eval_lengths = (20, 40)
+  c.cpu_devices = 2   # each batch split across the two cores (smoke: one device)
   if arg == "smoke":
+    c.cpu_devices = 1
     c.task.max_length = 4
     c.eval_lengths = (4, 8)
     algorithmic_base.smoke(c)

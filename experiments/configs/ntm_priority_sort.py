@@ -19,7 +19,9 @@ def get_config(arg=None):
   c.num_steps = 40000
   c.stop_at_bit_errors = 1.0   # of 128 scored bits; the paper's curve levels off above 0
   c.eval_lengths = (20,)
+  c.cpu_devices = 2   # each batch split across the two cores (smoke: one device)
   if arg == "smoke":
+    c.cpu_devices = 1
     c.task.num_inputs = 5
     c.task.num_outputs = 4
     c.eval_lengths = (5,)

@@ -13,7 +13,9 @@ def get_config(arg=None):
             "min_repeats": 1, "max_repeats": 10}
   c.num_steps = 40000
   c.eval_lengths = (10, 15, 20)   # sequence lengths, repeats still 1-10
+  c.cpu_devices = 2   # each batch split across the two cores (smoke: one device)
   if arg == "smoke":
+    c.cpu_devices = 1
     c.task.max_length = 3
     c.task.max_repeats = 3
     c.eval_lengths = (3, 5)

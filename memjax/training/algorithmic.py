@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import jax
+import jax.extend.backend as jax_backend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -97,9 +98,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.curriculum = ml_collections.ConfigDict({"start": 0, "increment": 5, "threshold": 1.0,
                                             "window": 400})
   c.stop_at_bit_errors = 0.1     # None: train for num_steps
+  c.steps_after_convergence = 0  # keep training this many steps once below stop_at_bit_errors
   c.remat = True
   c.hoist = True                 # weight gradients of the linear layers outside the time loop
   c.scan_groups = 1              # independent scans over batch parts (cores run them at once)
+  c.cpu_devices = 1              # >1: split each batch across that many CPU devices (cores)
   c.eval_lengths = (20, 40, 60, 80, 100)
   c.eval_batch_size = 32
   c.eval_batches = 2
@@ -187,11 +190,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "num_steps", "steps_per_call", "log_every", "checkpoint_every",
               "keep_checkpoints", "error_window", "eval_batch_size", "eval_batches"):
     _positive_int(config, key)
+  cpu_devices = config.get("cpu_devices", 1)
+  if not isinstance(cpu_devices, int) or cpu_devices < 1 or config.batch_size % cpu_devices:
+    raise ValueError(f"cpu_devices must be an integer >= 1 dividing batch_size="
+                     f"{config.batch_size}; got {cpu_devices!r}")
   groups = config.get("scan_groups", 1)
   if not isinstance(groups, int) or groups < 1 or config.batch_size % groups:
     raise ValueError(f"scan_groups must be an integer >= 1 dividing batch_size="
                      f"{config.batch_size}; got {groups!r}")
-  for key in ("num_steps", "log_every", "checkpoint_every"):
+  after = config.get("steps_after_convergence", 0)
+  if not isinstance(after, int) or after < 0:
+    raise ValueError(f"steps_after_convergence must be an integer >= 0; got {after!r}")
+  for key in ("num_steps", "log_every", "checkpoint_every", "steps_after_convergence"):
     if config[key] % config.steps_per_call:
       raise ValueError(f"{key}={config[key]} must be a multiple of "
                        f"steps_per_call={config.steps_per_call}")
@@ -275,6 +285,7 @@ class Experiment:
   evaluate: Any
   time_steps: int
   eval_time_steps: int
+  place: Any = None  # puts parameters/optimizer state where train_chunk expects them
 
   def cell(self, params=None) -> nnx.RNNCellBase:
     return nnx.merge(self.graphdef, self.params if params is None else params)
@@ -293,6 +304,33 @@ class Experiment:
                          time_steps=self.time_steps)
              for s in range(first_step, first_step + count)]
     return tasks.Batch(*(np.stack(x) for x in zip(*parts)))
+
+
+def use_cpu_devices(count: int) -> None:
+  """Makes JAX show `count` CPU devices (one per core), before any array exists.
+
+  XLA:CPU runs one training step on one core; with several CPU devices the
+  trainer splits each batch across them (`config.cpu_devices`). The backend
+  is re-created, so call this before creating any JAX array. No-op when not
+  on a CPU or when there are already enough devices.
+  """
+  if count <= 1 or jax.default_backend() != "cpu" or jax.device_count() >= count:
+    return
+  if jax.live_arrays():
+    logging.warning("cpu_devices=%d ignored: JAX arrays already exist (call "
+                    "use_cpu_devices before creating any)", count)
+    return
+  jax_backend.clear_backends()
+  jax.config.update("jax_num_cpu_devices", count)
+
+
+def data_parallel_devices(config: ml_collections.ConfigDict) -> list:
+  """The devices a training step is split across (`config.cpu_devices` of them, if present)."""
+  wanted = int(config.get("cpu_devices", 1))
+  devices = jax.devices()[:wanted]
+  if len(devices) < 2 or config.batch_size % len(devices):
+    return devices[:1]
+  return devices
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -330,10 +368,24 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     params = optax.apply_updates(params, updates)
     return (params, opt_state), (loss, errors)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options())
-  def train_chunk(params, opt_state, batches):
+  def chunk(params, opt_state, batches):
     (params, opt_state), (loss, errors) = jax.lax.scan(one_step, (params, opt_state), batches)
     return params, opt_state, loss, errors
+
+  devices = data_parallel_devices(config)
+  shardings = {}
+  place = lambda tree: tree
+  if len(devices) > 1:
+    # Data parallel over CPU devices (one per core): each trains on its slice of the batch;
+    # XLA sums the gradients across them. Parameters and optimizer state are replicated.
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    shardings = dict(in_shardings=(replicated, replicated, by_batch),
+                     out_shardings=replicated)
+    place = lambda tree: jax.device_put(tree, replicated)  # as train_chunk returns them
+  train_chunk = jax.jit(chunk, donate_argnums=(0, 1), compiler_options=compiler_options(),
+                        **shardings)
 
   @functools.partial(jax.jit, compiler_options=compiler_options())
   def evaluate(params, batch):
@@ -341,7 +393,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     return sequence_loss(logits, batch)[1]
 
   return Experiment(config, task, graphdef, params, optimizer, train_chunk, evaluate,
-                    time_steps, eval_time_steps)
+                    time_steps, eval_time_steps, place)
 
 
 # ----------------------------------------------------------------------------- training
@@ -417,6 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   launched = _process_start_time()
   validate_config(config)
+  use_cpu_devices(int(config.get("cpu_devices", 1)))
   os.makedirs(workdir, exist_ok=True)
   exp = build(config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -431,7 +484,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state["step"])
   writer = metrics.MetricWriter(os.path.join(workdir, "metrics.jsonl"),
                                 resume_step=step if restored is not None else 0)
-  params, opt_state = state["params"], state["opt_state"]
+  params, opt_state = exp.place((state["params"], state["opt_state"]))
   window = collections.deque((e for e in state["recent_errors"] if np.isfinite(e)),
                              maxlen=config.error_window)
   converged_step = int(state["converged_step"])
@@ -439,7 +492,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   top = getattr(exp.task, "max_length", 0)
   cur = config.get("curriculum")
   curriculum = cur is not None and bool(cur.start)
-  trained_before = converged_step >= 0 or step >= config.num_steps
+  after = int(config.get("steps_after_convergence", 0))
+  end_step = lambda: (config.num_steps if converged_step < 0
+                      else min(config.num_steps, converged_step + after))
+  converged_wall = None
   b, k = config.batch_size, config.steps_per_call
   stop_at = config.get("stop_at_bit_errors")
   wall = lambda: previous_wall + time.time() - launched
@@ -457,12 +513,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   losses = []
   stopped_by_signal = None
   with checkpoint.GracefulStop() as stop:
-    upcoming = (exp.batches(step, k, fed_level) if step < config.num_steps and converged_step < 0
-                else None)
+    upcoming = exp.batches(step, k, fed_level) if step < end_step() else None
     while upcoming is not None:
       params, opt_state, loss, errors = exp.train_chunk(params, opt_state, upcoming)
       step += k
-      done = step >= config.num_steps
+      done = step >= end_step()
       chunk_level, fed_level = fed_level, level
       upcoming = None if done else exp.batches(step, k, level)  # overlaps with the device's work
       loss, errors = np.asarray(loss), np.asarray(errors)
@@ -476,9 +531,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         level = min(level + cur.increment, top)
         window.clear()
         logging.info("curriculum: max_length %d from step %d", level, step)
-      if stop_at is not None and full and average < stop_at and level == top:
-        converged_step = step
-        upcoming = None
+      if (converged_step < 0 and stop_at is not None and full and average < stop_at
+          and level == top):
+        converged_step, converged_wall = step, wall()
+        if step >= end_step():
+          upcoming = None
       if not np.all(np.isfinite(loss)):
         logging.error("non-finite loss at step %d; stopping", step)
         upcoming = None
@@ -498,8 +555,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              "bit_errors_per_sequence": float(np.mean(window)) if window
                              else float("nan"), "wall_time": wall()}
   if converged_step >= 0:
-    when = ("earlier run" if trained_before else
-            f"{summary['wall_time']:.1f} s after launch")
+    when = ("earlier run" if converged_wall is None else
+            f"{converged_wall:.1f} s after launch")
     print(f"converged at step {converged_step} ({converged_step * b} sequences, "
           f"{when}): below {stop_at} bit errors per sequence", flush=True)
   print(f"final bit errors per sequence (moving average over the last {len(window)} "
