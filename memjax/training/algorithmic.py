@@ -98,7 +98,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.curriculum = ml_collections.ConfigDict({"start": 0, "increment": 5, "threshold": 1.0,
                                             "window": 400})
   c.stop_at_bit_errors = 0.1     # None: train for num_steps
-  c.steps_after_convergence = 0  # keep training this many steps once below stop_at_bit_errors
+  c.steps_after_convergence = 0  # keep training this many steps once below stop_at_bit_errors,
+  c.lr_after_convergence = 0.1   # with the learning rate multiplied by this
   c.remat = True
   c.hoist = True                 # weight gradients of the linear layers outside the time loop
   c.scan_groups = 1              # independent scans over batch parts (cores run them at once)
@@ -201,6 +202,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   after = config.get("steps_after_convergence", 0)
   if not isinstance(after, int) or after < 0:
     raise ValueError(f"steps_after_convergence must be an integer >= 0; got {after!r}")
+  if not config.get("lr_after_convergence", 1.0) > 0:
+    raise ValueError(f"lr_after_convergence must be > 0; got "
+                     f"{config.get('lr_after_convergence')!r}")
   for key in ("num_steps", "log_every", "checkpoint_every", "steps_after_convergence"):
     if config[key] % config.steps_per_call:
       raise ValueError(f"{key}={config[key]} must be a multiple of "
@@ -254,12 +258,14 @@ def build_cell(config: ml_collections.ConfigDict, task, rngs: nnx.Rngs) -> nnx.R
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam or RMSProp (with momentum), after clipping by global norm."""
   opt = config.optimizer
+  # The learning rate lives in the optimizer state (so it is checkpointed and can be
+  # lowered after convergence, see `steps_after_convergence`).
   if opt.name == "adam":
-    base = optax.adam(opt.learning_rate)
+    base = optax.inject_hyperparams(optax.adam)(learning_rate=opt.learning_rate)
   else:
-    base = optax.rmsprop(opt.learning_rate, decay=opt.get("decay", 0.95),
-                         momentum=opt.get("momentum", 0.9), eps=opt.get("eps", 1e-6),
-                         centered=True)
+    base = optax.inject_hyperparams(optax.rmsprop)(
+        learning_rate=opt.learning_rate, decay=opt.get("decay", 0.95),
+        momentum=opt.get("momentum", 0.9), eps=opt.get("eps", 1e-6), centered=True)
   if opt.get("grad_clip_norm") is None:
     return base
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), base)
@@ -415,6 +421,18 @@ def _initial_state(exp: Experiment) -> dict[str, Any]:
   }
 
 
+def _scale_learning_rate(opt_state, factor: float):
+  """`opt_state` with the injected learning rate multiplied by `factor`."""
+  def scale(state):
+    if isinstance(state, optax.InjectHyperparamsState):
+      hyper = dict(state.hyperparams)
+      hyper["learning_rate"] = hyper["learning_rate"] * np.float32(factor)
+      return state._replace(hyperparams=hyper)
+    return state
+  return jax.tree.map(scale, opt_state,
+                      is_leaf=lambda x: isinstance(x, optax.InjectHyperparamsState))
+
+
 def _curriculum_start(exp: Experiment) -> int:
   cur = exp.config.get("curriculum")
   top = getattr(exp.task, "max_length", 0)
@@ -536,10 +554,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         converged_step, converged_wall = step, wall()
         if step >= end_step():
           upcoming = None
+        else:
+          opt_state = exp.place(_scale_learning_rate(opt_state,
+                                                     config.get("lr_after_convergence", 1.0)))
       if not np.all(np.isfinite(loss)):
         logging.error("non-finite loss at step %d; stopping", step)
         upcoming = None
-      if step % config.log_every == 0 or upcoming is None:
+      if step % config.log_every == 0 or upcoming is None or converged_step == step:
         extra = {"max_length": chunk_level} if curriculum else {}
         row = writer.write(step, sequences=step * b, wall_time=wall(),
                            loss=float(np.mean(losses)), bit_errors_per_sequence=average, **extra,
