@@ -360,7 +360,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     # With hoist, the time loop stops after the batch's last scored step (nothing after it
     # changes the loss), so short batches (a curriculum) train faster in the same shape.
     steps = None
-    if hoist:
+    if hoist and hasattr(cell, "step_with_deltas"):
       scored = jnp.any(batch.mask > 0, axis=0)[::-1]
       steps = scored.shape[0] - jnp.argmax(scored)
     logits = jnp.concatenate([sequence.run_cell(cell, x, remat=remat, hoist=hoist,
