@@ -29,7 +29,7 @@ def get_config(arg=None):
   c.model.num_heads = 4
   c.model.window = 256
   c.model.memory_layers = (0,)
-  c.model.top_k = 32
+  c.model.top_k = 8
   c.model.num_memory_slots = 4
   c.model.key_conv = 2
   c.model.mlp_features = 128
@@ -38,14 +38,14 @@ def get_config(arg=None):
   c.train = ml_collections.ConfigDict()
   c.train.segment_length = 128
   # (steps, sequence length, batch): first within the window, then beyond it.
-  c.train.phases = ((250, 256, 16), (300, 512, 8), (150, 2048, 4))
+  c.train.phases = ((300, 256, 16), (300, 512, 8), (200, 2048, 4))
   c.train.memory_size = 2048
   c.train.min_pairs = 1
   c.train.max_pairs = 32
   c.train.learning_rate = 3e-3
   c.train.scalar_lr_multiplier = 10.0
   c.train.warmup_steps = 50
-  c.train.final_lr_fraction = 0.1
+  c.train.final_lr_fraction = 0.3
   c.train.grad_clip = 1.0
   c.train.weight_decay = 0.0
   c.train.log_every = 25
@@ -63,7 +63,28 @@ def get_config(arg=None):
       use_memory=True, memory_size=65536, batch=8, pairs_per_distance=32,
       distances=(1024, 16384, 32768, 65536))
 
-  if arg == "smoke":
+  if arg == "small":  # the notebook's small setting: about a minute on a 2-core CPU
+    c.vocab.num_keys = 32
+    c.vocab.num_values = 16
+    c.vocab.num_filler = 16
+    c.model.features = 32
+    c.model.num_heads = 2
+    c.model.window = 16
+    c.model.top_k = 8
+    c.model.mlp_features = 64
+    c.train.segment_length = 16
+    c.train.phases = ((400, 64, 16),)
+    c.train.memory_size = 64
+    c.train.max_pairs = 8
+    c.train.warmup_steps = 20
+    c.train.log_every = 50
+    c.eval.segment_length = 16
+    c.eval.suites = ml_collections.ConfigDict()
+    c.eval.suites.local_only = dict(use_memory=False, memory_size=None, batch=8,
+                                    pairs_per_distance=4, distances=(8, 32, 128, 512))
+    c.eval.suites.memory_1k = dict(use_memory=True, memory_size=1024, batch=8,
+                                   pairs_per_distance=4, distances=(8, 32, 128, 512))
+  elif arg == "smoke":
     c.model.features = 16
     c.model.num_layers = 1
     c.model.memory_layers = (0,)
@@ -78,9 +99,9 @@ def get_config(arg=None):
     c.eval.segment_length = 16
     c.eval.suites = ml_collections.ConfigDict()
     c.eval.suites.local_only = dict(use_memory=False, memory_size=None, batch=2,
-                                   pairs_per_distance=2, distances=(8, 40))
+                                    pairs_per_distance=2, distances=(8, 40))
     c.eval.suites.memory = dict(use_memory=True, memory_size=64, batch=2,
                                 pairs_per_distance=2, distances=(8, 40))
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}; known: smoke")
+    raise ValueError(f"unknown variant {arg!r}; known: small, smoke")
   return c

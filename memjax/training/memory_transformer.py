@@ -131,10 +131,20 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                             _labels))
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, memory_size: int, window: int):
-  """A jitted step: (params, opt_state, batch arrays) -> (params, opt_state, stats)."""
+def phase_memory_size(config: ml_collections.ConfigDict, length: int) -> int:
+  """Memory slots for training sequences of `length` tokens.
 
-  def loss_fn(params, tokens, targets, mask, distances):
+  A training sequence is one document, so its memory never holds more than
+  `length - segment_length` items; a larger table would only cost lookups.
+  """
+  t = config.train
+  return max(min(t.memory_size, length - t.segment_length), config.model.top_k)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, window: int):
+  """A jitted step: (params, opt_state, batch arrays, memory size) -> (params, opt_state, stats)."""
+
+  def loss_fn(params, tokens, targets, mask, distances, memory_size):
     model = nnx.merge(graphdef, params)
     state = model.init_state(tokens.shape[0], memory_size)
     logits, _ = model(tokens, state)
@@ -146,10 +156,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, memory_size: int
              "correct_far": jnp.sum(correct & far), "count_far": jnp.sum(far)}
     return loss, stats
 
-  @jax.jit
-  def step(params, opt_state, tokens, targets, mask, distances):
+  @functools.partial(jax.jit, static_argnames="memory_size")
+  def step(params, opt_state, tokens, targets, mask, distances, memory_size):
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, tokens, targets, mask, distances)
+        params, tokens, targets, mask, distances, memory_size)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": loss, **stats}
@@ -269,7 +279,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   tx = make_optimizer(config)
   params = transformer.replicate(params, mesh)
   opt_state = tx.init(params)
-  step_fn = make_train_step(graphdef, tx, t.memory_size, config.model.window)
+  step_fn = make_train_step(graphdef, tx, config.model.window)
   rng = np.random.default_rng(config.seed)
   total = sum(phase[0] for phase in t.phases)
   progress = metrics.Progress(total)
@@ -282,7 +292,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                       min_pairs=t.min_pairs, vocab=vocab)
       arrays = transformer.shard_batch(
           (data.tokens, data.targets, data.mask, data.distances), mesh)
-      params, opt_state, stats = step_fn(params, opt_state, *arrays)
+      params, opt_state, stats = step_fn(params, opt_state, *arrays,
+                                         memory_size=phase_memory_size(config, length))
       step += 1
       stats = jax.device_get(stats)
       sums = stats if sums is None else {k: sums[k] + stats[k] for k in stats}
