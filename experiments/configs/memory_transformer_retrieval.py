@@ -38,7 +38,7 @@ def get_config(arg=None):
   c.train = ml_collections.ConfigDict()
   c.train.segment_length = 128
   # (steps, sequence length, batch): first within the window, then beyond it.
-  c.train.phases = ((300, 256, 16), (300, 512, 8), (200, 2048, 4))
+  c.train.phases = ((300, 256, 16), (250, 512, 8), (150, 2048, 4))
   c.train.memory_size = 2048
   c.train.min_pairs = 1
   c.train.max_pairs = 32
@@ -52,15 +52,17 @@ def get_config(arg=None):
 
   c.eval = ml_collections.ConfigDict()
   c.eval.segment_length = 256
+  # "all", "none" or comma-separated suite names; suites already in metrics.jsonl are skipped.
+  c.eval.run_suites = "all"
   c.eval.suites = ml_collections.ConfigDict()
   c.eval.suites.local_only = dict(
       use_memory=False, memory_size=None, batch=16, pairs_per_distance=12,
       distances=(64, 128, 192, 256, 320, 512, 1024, 4096, 16384))
   c.eval.suites.memory_16k = dict(
-      use_memory=True, memory_size=16384, batch=16, pairs_per_distance=16,
+      use_memory=True, memory_size=16384, batch=8, pairs_per_distance=16,
       distances=(64, 192, 320, 1024, 2048, 4096, 8192, 16384))
   c.eval.suites.memory_64k = dict(
-      use_memory=True, memory_size=65536, batch=8, pairs_per_distance=32,
+      use_memory=True, memory_size=65536, batch=4, pairs_per_distance=32,
       distances=(1024, 16384, 32768, 65536))
 
   if arg == "small":  # the notebook's small setting: about a minute on a 2-core CPU

@@ -9,14 +9,20 @@ from memjax.nn.lstm import LSTMCell
 from memjax.nn.ntm import NTMCell
 from memjax.nn.ntm import NTMState
 from memjax.nn.sequence import run_cell
+from memjax.nn.transformer import BlockState
+from memjax.nn.transformer import MemoryAugmentedBlock
+from memjax.nn.transformer import MemoryTransformer
 
 __all__ = [
+    "BlockState",
     "DNCCell",
     "DNCState",
     "FeedForwardController",
     "LSTMCell",
     "LSTMController",
     "LSTMState",
+    "MemoryAugmentedBlock",
+    "MemoryTransformer",
     "NTMCell",
     "NTMState",
     "run_cell",

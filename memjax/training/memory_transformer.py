@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import zlib
 from typing import Any
 
 import jax
@@ -324,10 +325,11 @@ def run_evaluation(model: transformer.MemoryTransformer, config: ml_collections.
   e = config.eval
   mesh = mesh or transformer.data_parallel_mesh()
   rows = []
-  for i, (name, suite) in enumerate(config.eval.suites.items()):
+  for name, suite in config.eval.suites.items():
     t0 = time.perf_counter()
+    seed = config.seed + zlib.crc32(name.encode()) % 100_000  # the same data in any run
     batch = retrieval.evaluation_batch(
-        config.seed + 1000 + i, suite.batch, tuple(suite.distances), suite.pairs_per_distance,
+        seed, suite.batch, tuple(suite.distances), suite.pairs_per_distance,
         vocab=vocab, segment_length=e.segment_length)
     result = evaluate(model, batch, memory_size=suite.memory_size, use_memory=suite.use_memory,
                       segment_length=e.segment_length, mesh=mesh)
@@ -345,22 +347,65 @@ def run_evaluation(model: transformer.MemoryTransformer, config: ml_collections.
   return rows
 
 
+def _suites_to_run(config: ml_collections.ConfigDict) -> list[str]:
+  """The names in `config.eval.run_suites` ("all", "none" or comma-separated names)."""
+  names = list(config.eval.suites.keys())
+  wanted = str(config.eval.get("run_suites", "all")).strip()
+  if wanted == "all":
+    return names
+  if wanted in ("none", ""):
+    return []
+  chosen = [n.strip() for n in wanted.split(",") if n.strip()]
+  for n in chosen:
+    if n not in names:
+      raise ValueError(f"eval.run_suites names unknown suite {n!r}; known: {names}")
+  return chosen
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains, evaluates every suite, writes metrics.jsonl and the plot.
+  """Trains, evaluates the suites, writes metrics.jsonl and the plot.
+
+  Running again on the same workdir resumes: a finished training (its
+  `params.npz` and summary row) is loaded instead of repeated, and suites
+  already in metrics.jsonl are not evaluated again. `config.eval.run_suites`
+  ("all", "none" or comma-separated suite names) picks the suites of this
+  run, so a long evaluation can be split over several runs.
 
   Returns:
-    {"train_seconds": ..., "eval": [rows], "plot": path}.
+    {"train_seconds": ..., "eval": [rows of every suite so far], "plot": path or None}.
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
-  writer = metrics.MetricWriter(os.path.join(workdir, "metrics.jsonl"), resume_step=-1)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  params_path = os.path.join(workdir, PARAMS_FILE)
+  total = sum(phase[0] for phase in config.train.phases)
+  previous = metrics.read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+  summary = [r for r in previous if r.get("split") == "train_summary"]
   mesh = transformer.data_parallel_mesh()
   logging.info("data-parallel over %d device(s)", mesh.size)
-  model, train_seconds = train(config, workdir, writer=writer, mesh=mesh)
-  total = sum(phase[0] for phase in config.train.phases)
-  writer.write(total, split="train_summary", train_seconds=train_seconds)
-  logging.info("training took %.1f s", train_seconds)
-  rows = run_evaluation(model, config, writer=writer, step=total, mesh=mesh)
-  plot = plot_accuracy(rows, os.path.join(workdir, PLOT_FILE), window=config.model.window,
-                       chance=vocab_from_config(config).chance)
+  if summary and os.path.exists(params_path):
+    writer = metrics.MetricWriter(metrics_path)
+    model = create_model(config)
+    load_params(model, params_path)
+    train_seconds = float(summary[-1]["train_seconds"])
+    logging.info("resuming: loaded %s (trained in %.1f s)", params_path, train_seconds)
+  else:
+    writer = metrics.MetricWriter(metrics_path, resume_step=-1)
+    previous = []
+    model, train_seconds = train(config, workdir, writer=writer, mesh=mesh)
+    writer.write(total, split="train_summary", train_seconds=train_seconds)
+    logging.info("training took %.1f s", train_seconds)
+  done = {r["suite"] for r in previous if r.get("split") == "eval"}
+  todo = [n for n in _suites_to_run(config) if n not in done]
+  if todo:
+    run_config = config.copy_and_resolve_references()
+    with run_config.unlocked():
+      run_config.eval.suites = ml_collections.ConfigDict(
+          {n: config.eval.suites[n] for n in todo})
+    run_evaluation(model, run_config, writer=writer, step=total, mesh=mesh)
+  rows = [r for r in metrics.read_metrics(metrics_path) if r.get("split") == "eval"]
+  plot = None
+  if rows:
+    plot = plot_accuracy(rows, os.path.join(workdir, PLOT_FILE), window=config.model.window,
+                         chance=vocab_from_config(config).chance)
   return {"train_seconds": train_seconds, "eval": rows, "plot": plot}
