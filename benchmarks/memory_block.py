@@ -92,13 +92,13 @@ def bench(features: int, heads: int, *, batch: int, segment: int, window: int,
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--sizes", default="64x2,256x4,1024x8",
+  parser.add_argument("--sizes", default="64x4,256x4,1024x8",
                       help="comma-separated FEATURESxHEADS block sizes")
   parser.add_argument("--memory_size", type=int, default=65536)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--segment", type=int, default=256)
   parser.add_argument("--window", type=int, default=256)
-  parser.add_argument("--top_k", type=int, default=32)
+  parser.add_argument("--top_k", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   print(f"JAX {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)); "

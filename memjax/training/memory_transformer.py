@@ -93,6 +93,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f"{vocab.num_keys}")
     if suite.use_memory and suite.memory_size < m.top_k:
       raise ValueError(f"eval suite {name!r}: memory_size must be at least model.top_k")
+  _suites_to_run(config)
 
 
 def masked_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
