@@ -1,7 +1,9 @@
 """Data for memjax's tasks: pure NumPy / jax.random, deterministic from a seed, no downloads."""
 
 from memjax.tasks import algorithmic
+from memjax.tasks import babi
 
 __all__ = [
     "algorithmic",
+    "babi",
 ]

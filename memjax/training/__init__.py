@@ -1,5 +1,6 @@
 """Training utilities shared by the experiments and the notebooks."""
 
+from memjax.training import babi
 from memjax.training import checkpoint
 from memjax.training import metrics
 from memjax.training import plotting
@@ -12,6 +13,7 @@ from memjax.training.plotting import plot_episode
 from memjax.training.plotting import plot_learning_curve
 
 __all__ = [
+    "babi",
     "Checkpointer",
     "GracefulStop",
     "MetricWriter",
