@@ -13,11 +13,11 @@ from memjax.training.plotting import plot_episode
 from memjax.training.plotting import plot_learning_curve
 
 __all__ = [
-    "babi",
     "Checkpointer",
     "GracefulStop",
     "MetricWriter",
     "Progress",
+    "babi",
     "checkpoint",
     "metrics",
     "plot_episode",
