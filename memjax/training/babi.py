@@ -243,8 +243,8 @@ class Trainer:
     params = [nnx.split(self._model(k))[1] for k in keys[:restarts]]
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
     opt_state = jax.vmap(self.tx.init)(params)
-    return TrainState(params, opt_state, params, -jnp.ones((restarts,)),
-                      jnp.full((restarts,), jnp.inf), keys[restarts:])
+    return TrainState(params, opt_state, params, -jnp.ones((restarts,), jnp.float32),
+                      jnp.full((restarts,), jnp.inf, jnp.float32), keys[restarts:])
 
   # -- one restart --
 
