@@ -3,6 +3,8 @@
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -115,3 +117,20 @@ def test_trainer_restarts_differ_and_picking_uses_validation():
   assert run.chosen == best
   errors = (run.test_predictions != data.test.answer).mean(axis=1)
   assert errors[run.chosen] < 0.5  # the key-value form learns too
+
+
+@needs_data
+def test_embedding_the_batch_or_the_sentence_table_gives_the_same_answers():
+  config = memn2n_babi.get_config("smoke")
+  data = babi.load(DATA_DIR, 1)
+  outputs = []
+  for embed in ("table", "batch"):
+    config.embed = embed
+    trainer = training.Trainer(config, data)
+    assert trainer.embed_batch == (embed == "batch")
+    params = jax.tree.map(lambda x: x[0], trainer.init(0).params)
+    idx = jnp.arange(7)
+    outputs.append(trainer._forward(params, trainer.arrays.sentences, trainer.arrays.train, idx,
+                                    None, False))
+  np.testing.assert_allclose(outputs[0].logits, outputs[1].logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(outputs[0].attention, outputs[1].attention, rtol=1e-5, atol=1e-6)

@@ -66,9 +66,10 @@ def test_encode_sentences_matches_numpy():
   table = rng.normal(size=(V, D)).astype(np.float32)
   ids = np.array([[3, 1, 4, 1], [5, 9, 0, 0], [0, 0, 0, 0]])
   for encoding in ("position", "bow"):
-    got = np.asarray(memn2n.encode_sentences(table, ids, encoding))
     want = np.stack([np_encode(table, s, encoding) for s in ids])
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for dense in (None, True, False):  # one-hot counts or gathered rows: the same numbers
+      got = np.asarray(memn2n.encode_sentences(table, ids, encoding, dense))
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   with pytest.raises(TypeError, match="ids must have an integer dtype"):
     memn2n.encode_sentences(table, ids.astype(np.float32))
   with pytest.raises(ValueError, match="encoding must be one of"):

@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.weight_decay = 0.0   # L2 penalty on the summed batch loss (not in the paper)
   config.restarts = 10        # trained side by side; best on validation is reported
   config.restart_batching = "vmap"  # "vmap": restarts as a batch axis; "map": a loop
+  # "table": embed the distinct sentences once per step; "batch": each batch's
+  # own sentences by gathering word rows (cheaper for joint training); "auto".
+  config.embed = "table"
   config.validation_fraction = 0.1
   config.eval_batch_size = 250
   config.workers = 1          # processes training tasks side by side (2 for two cores)
@@ -70,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.epochs = 60
     config.decay_every = 15
     config.linear_start_epochs = 30
+    config.embed = "batch"
   elif variant == "kv":
     config.model = "kv"
   elif variant == "smoke":

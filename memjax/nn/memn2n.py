@@ -117,17 +117,23 @@ DENSE_VOCABULARY = 4096
 
 
 def encode_sentences(table: jax.typing.ArrayLike, ids: jax.typing.ArrayLike,
-                     encoding: str = "position") -> jax.Array:
+                     encoding: str = "position", dense: bool | None = None) -> jax.Array:
   """Sentence vectors sum_j l_j * table[x_j] (eq. 1's m_i without time).
 
   With l_kj = a_j + (k/d) b_j (`sentence_weights`) this is
   (sum_j a_j e_{x_j}) @ table + (k/d) * ((sum_j b_j e_{x_j}) @ table), which
-  is how it is computed for vocabularies up to `DENSE_VOCABULARY` words.
+  is how it is computed for vocabularies up to `DENSE_VOCABULARY` words
+  (`dense` None) or when `dense` is true. Otherwise the rows of the words are
+  gathered and summed with their weights, which is cheaper when there are
+  many sentences of few words each (a whole batch of stories at once).
 
   Args:
     table: [V, d] embedding matrix (A, B or C in the paper).
     ids: [..., L] word ids, 0 for padding.
     encoding: "position" or "bow" (see `sentence_weights`).
+    dense: count words with one-hot matrix products (True) or gather
+      embedding rows (False); None picks by vocabulary size. The numbers are
+      the same.
 
   Returns:
     [..., d] sentence vectors, in the dtype of `table`.
@@ -140,7 +146,9 @@ def encode_sentences(table: jax.typing.ArrayLike, ids: jax.typing.ArrayLike,
   a, b = _word_factors(ids, encoding)
   k = jnp.arange(1, dim + 1, dtype=dtype) / dim
   t = table.astype(dtype)
-  if vocab <= DENSE_VOCABULARY:
+  if dense is None:
+    dense = vocab <= DENSE_VOCABULARY
+  if dense:
     words = jax.nn.one_hot(ids, vocab, dtype=dtype)  # [..., L, V]
     bag_a = jnp.einsum("...l,...lv->...v", a.astype(dtype), words)
     out = bag_a @ t
@@ -341,10 +349,13 @@ class SentenceEncoder(nnx.Module):
       return table[:slots]
     return jnp.take(table, time, axis=0, mode="clip")
 
-  def __call__(self, ids: jax.typing.ArrayLike, time: jax.typing.ArrayLike | None = None
-               ) -> jax.Array:
-    """[..., L] word ids (and optional [...] time indices) -> [..., d]."""
-    out = encode_sentences(self.embedding[...], ids, self.encoding)
+  def __call__(self, ids: jax.typing.ArrayLike, time: jax.typing.ArrayLike | None = None, *,
+               dense: bool | None = None) -> jax.Array:
+    """[..., L] word ids (and optional [...] time indices) -> [..., d].
+
+    `dense` chooses how words are counted (see `encode_sentences`).
+    """
+    out = encode_sentences(self.embedding[...], ids, self.encoding, dense)
     return out if time is None else out + self.time_encoding(time)
 
 
@@ -431,9 +442,13 @@ class MemN2N(nnx.Module):
     """T, the number of memory embeddings (K+1 adjacent, 2 layer-wise)."""
     return len(self.encoders)
 
-  def embed_memory(self, story: jax.typing.ArrayLike) -> jax.Array:
-    """[..., L] sentences -> [..., T, d]: every memory embedding, without time."""
-    return jnp.stack([enc(story) for enc in self.encoders], axis=-2)
+  def embed_memory(self, story: jax.typing.ArrayLike, *, dense: bool | None = None
+                   ) -> jax.Array:
+    """[..., L] sentences -> [..., T, d]: every memory embedding, without time.
+
+    `dense` chooses how words are counted (see `encode_sentences`).
+    """
+    return jnp.stack([enc(story, dense=dense) for enc in self.encoders], axis=-2)
 
   def embed_question(self, question: jax.typing.ArrayLike) -> jax.Array:
     """[..., L] questions -> [..., d]: u^1 = B q."""
@@ -613,9 +628,11 @@ class KeyValueMemoryNetwork(nnx.Module):
   def hops(self) -> int:
     return self.reader.hops
 
-  def embed_memory(self, story: jax.typing.ArrayLike) -> jax.Array:
+  def embed_memory(self, story: jax.typing.ArrayLike, *, dense: bool | None = None
+                   ) -> jax.Array:
     """[..., L] sentences -> [..., 2, d]: (key, value) embeddings, without time."""
-    return jnp.stack([self.key_encoder(story), self.value_encoder(story)], axis=-2)
+    return jnp.stack([self.key_encoder(story, dense=dense),
+                      self.value_encoder(story, dense=dense)], axis=-2)
 
   def embed_question(self, question: jax.typing.ArrayLike) -> jax.Array:
     """[..., L] questions -> [..., d] through the key encoder."""

@@ -102,6 +102,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("restart_batching", "vmap") not in ("vmap", "map"):
     raise ValueError(f"config.restart_batching must be 'vmap' or 'map'; got "
                      f"{config.restart_batching!r}")
+  if config.get("embed", "table") not in ("auto", "table", "batch"):
+    raise ValueError(f"config.embed must be 'auto', 'table' or 'batch'; got {config.embed!r}")
   if config.optimizer not in OPTIMIZERS:
     raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}; got {config.optimizer!r}")
   if config.encoding not in memn2n.ENCODINGS:
@@ -213,6 +215,10 @@ class Trainer:
     self.arrays = Arrays(jnp.asarray(sentences), _device_split(data.train, train_ix),
                          _device_split(data.valid, valid_ix), _device_split(data.test, test_ix))
     self.num_sentences = sentences.shape[0]
+    # Embed the distinct sentences once per step, or each batch's own ones.
+    embed = config.get("embed", "table")
+    self.embed_batch = (embed == "batch" or (
+        embed == "auto" and self.num_sentences > int(config.batch_size) * data.memory_size))
     self.memory_size = data.memory_size
     self.vocab_size = len(data.vocab)
     self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self._model(jax.random.key(0))))
@@ -250,7 +256,12 @@ class Trainer:
 
   def _forward(self, params, sentences, split: Split, idx: jax.Array, time_index, linear):
     model = nnx.merge(self.graphdef, params)
-    memory = jnp.take(model.embed_memory(sentences), split.story[idx], axis=0)
+    if self.embed_batch:
+      # Only the sentences of the batch, by gathering word embeddings: cheaper
+      # than the whole sentence table when it is large (joint training).
+      memory = model.embed_memory(jnp.take(sentences, split.story[idx], axis=0), dense=False)
+    else:
+      memory = jnp.take(model.embed_memory(sentences), split.story[idx], axis=0)
     question = model.embed_question(split.question[idx])
     return model.answer(memory, question, split.mask[idx], time=time_index, linear=linear)
 
