@@ -179,6 +179,7 @@ class RunResult(NamedTuple):
   valid_accuracy: np.ndarray  # [R]
   valid_loss: np.ndarray      # [R]
   test_predictions: np.ndarray  # [R, N_test]
+  valid_predictions: np.ndarray  # [R, N_valid] of best_params
   chosen: int
   seconds: float
   epochs: int
@@ -363,10 +364,12 @@ class Trainer:
       if on_epoch is not None:
         on_epoch(epoch + 1, total, jax.device_get(metrics), np.asarray(state.best_accuracy))
     _, test_pred, _ = self.predict_fn(state.best_params, self.arrays.test)
+    _, valid_pred, _ = self.predict_fn(state.best_params, self.arrays.valid)
     best_acc, best_loss = np.asarray(state.best_accuracy), np.asarray(state.best_loss)
     chosen = int(np.lexsort((best_loss, -best_acc))[0])
     return RunResult(self.graphdef, state.best_params, best_acc, best_loss,
-                     np.asarray(test_pred), chosen, time.perf_counter() - start, total)
+                     np.asarray(test_pred), np.asarray(valid_pred), chosen,
+                     time.perf_counter() - start, total)
 
   def model(self, params: Any, restart: int) -> nnx.Module:
     """The trained model of one restart."""
@@ -376,10 +379,12 @@ class Trainer:
 # ----------------------------------------------------------------------------- results
 
 
-def task_errors(data: babi.BabiData, predictions: np.ndarray) -> dict[int, float]:
-  """Test error (%) per task of [N_test] predictions."""
-  wrong = predictions != data.test.answer
-  return {t: float(100.0 * wrong[data.test.task == t].mean()) for t in data.tasks}
+def task_errors(data: babi.BabiData, predictions: np.ndarray, split: str = "test"
+                ) -> dict[int, float]:
+  """Error (%) per task of [N] predictions on a split ("test" or "valid")."""
+  arrays = getattr(data, split)
+  wrong = predictions != arrays.answer
+  return {t: float(100.0 * wrong[arrays.task == t].mean()) for t in data.tasks}
 
 
 def _config_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -494,12 +499,12 @@ def train_data(config: ml_collections.ConfigDict, tasks: tuple[int, ...], seed: 
 def _result_rows(data: babi.BabiData, run: RunResult) -> list[dict[str, Any]]:
   per_restart = [task_errors(data, run.test_predictions[r]) for r in
                  range(run.test_predictions.shape[0])]
+  per_restart_valid = [task_errors(data, run.valid_predictions[r], "valid") for r in
+                       range(run.valid_predictions.shape[0])]
   rows = []
   for t in data.tasks:
-    if len(data.tasks) == 1:
-      valid_error = 100.0 * (1 - run.valid_accuracy)
-    else:  # joint: per-task validation error of the chosen model is not tracked per epoch
-      valid_error = np.full_like(run.valid_accuracy, np.nan)
+    # Joint training picks on the validation error over all tasks; this is per task.
+    valid_error = [p[t] for p in per_restart_valid]
     rows.append(dict(
         task=t, name=data.names[t], test_error=per_restart[run.chosen][t],
         valid_error=float(valid_error[run.chosen]), chosen_restart=run.chosen,
