@@ -147,13 +147,13 @@ def test_random_time():
   np.testing.assert_array_equal(times[:, 30:], np.broadcast_to(np.arange(30, 50), (2000, 20)))
   # b is uniform on {0, 1, 2}: the oldest sentence sits at 29 + b with b's law.
   rng = np.random.default_rng(0)
-  want = np.array([np_random_time(rng, 30, 50, 0.1)[-1] for _ in range(20000)])
+  want = np.array([np_random_time(rng, 30, 50, 0.1)[-1] for _ in range(6000)])
   got = times[:, 29]
   for value in (29, 30, 31):
     assert np.mean(got == value) == pytest.approx(np.mean(want == value), abs=0.04)
   # The newest sentence is moved back by a blank with P = E[b / (30 + b)] ~ 1/31.
   assert np.mean(times[:, 0] > 0) == pytest.approx(np.mean(
-      [np_random_time(rng, 30, 50, 0.1)[0] > 0 for _ in range(20000)]), abs=0.015)
+      [np_random_time(rng, 30, 50, 0.1)[0] > 0 for _ in range(6000)]), abs=0.015)
   capped = np.asarray(jax.vmap(lambda k: memn2n.random_time(k, 50, 50, 0.1))(keys))
   assert capped.max() == 49 and np.all(np.diff(capped, axis=1) >= 0)
 
