@@ -1,5 +1,7 @@
 """NTMCell: one step against a NumPy reference of the paper's equations, shapes, options."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from flax import nnx
 from memjax.nn import controllers
 from memjax.nn import ntm
 from memjax.nn import sequence
+from memjax.training import algorithmic
 
 IN, OUT, N, W, C = 5, 4, 7, 3, 6
 
@@ -254,3 +257,16 @@ def test_hoisted_run_with_fewer_steps_equals_full_run_on_those_steps():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="steps"):
     sequence.run_cell(cell, x, steps=4)
+
+
+@pytest.mark.parametrize("name", ["ntm_copy", "ntm_priority_sort", "ntm_associative_recall"])
+def test_trainer_draws_batches_with_and_without_a_curriculum(name):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
+  exp = algorithmic.build(config)  # builds; compiles nothing
+  state = algorithmic._initial_state(exp)
+  batch = exp.batches(0, 2, int(state["upcoming_level"]))
+  assert batch.inputs.shape[:3] == (2, config.batch_size, exp.time_steps)
+  if name == "ntm_copy":
+    short = exp.batches(0, 2, 2)  # curriculum level 2: lengths 1-2 in the same padded shape
+    assert short.inputs.shape == batch.inputs.shape
+    assert int(short.mask.sum(axis=-1).max()) <= 2

@@ -303,7 +303,7 @@ class Experiment:
     padded to the same T.
     """
     task = self.task
-    if max_length is not None and max_length != task.max_length:
+    if max_length and max_length != getattr(task, "max_length", max_length):
       task = dataclasses.replace(task, max_length=max_length,
                                  min_length=min(task.min_length, max_length))
     parts = [task.sample(tasks.rng_for(self.config.seed, s), self.config.batch_size,
