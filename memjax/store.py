@@ -382,12 +382,133 @@ def _normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _NORM_EPSILON)
 
 
-def _merge_top_k(best, candidates, k: int):
-  """Top-k of two candidate lists; `best` wins ties (it holds lower slot indices)."""
-  scores = jnp.concatenate([best[0], candidates[0]], axis=-1)
-  slots = jnp.concatenate([best[1], candidates[1]], axis=-1)
+# How `top_k_slots` finds the exact top-k without a top-k over every score.
+# Slots are grouped in blocks of _BLOCK. The k best items lie in the k blocks
+# with the highest block maximum (ties to the lower block): each block ranked
+# above an item's block holds an item ranked above that item, so fewer than k
+# blocks can outrank it. Pass 1 is a plain matmul per chunk reduced to block
+# maxima (no top-k, no sort); the k best blocks are found among them, two
+# levels deep (super-blocks of _SUPER blocks, same argument); pass 2 rescores
+# the k x _BLOCK candidates of each query and takes their top k.
+_BLOCK = 32
+_SUPER = 64
+# Chunks scored by independent matmuls in one loop step: XLA:CPU runs
+# independent ops concurrently, so this is how one device uses several cores.
+_STREAMS = 2
+# The block-maxima buffer stays under this fraction of the key table; more
+# queries than fit are processed in groups.
+_BLOCK_MAX_FRACTION = 1 / 16
+# Gathered key elements per rescoring step (bounds the pass-2 buffer).
+_RESCORE_ELEMENTS = 1 << 21
+# Per-stream chunk: slots scored by one matmul.
+_STREAM_CHUNK_ELEMENTS = 1 << 20
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _query_group_size(key_dim: int, itemsize: int) -> int:
+  """Queries per pass over the table; depends on the key layout only, never on N."""
+  per_query = 4 / _BLOCK  # bytes of block maxima per slot and query
+  return max(16, int(_BLOCK_MAX_FRACTION * key_dim * itemsize / per_query))
+
+
+def _stream_chunk(num_queries: int, chunk_size: int | None) -> int:
+  if chunk_size is None:
+    chunk = _STREAM_CHUNK_ELEMENTS // max(num_queries, 1)
+  else:
+    chunk = chunk_size // _STREAMS
+  return max(_BLOCK, chunk // _BLOCK * _BLOCK)
+
+
+def _block_maxima(keys: jax.Array, valid: jax.Array, queries: jax.Array, metric: str,
+                  chunk: int) -> jax.Array:
+  """Pass 1: [Q, NB'] float32 maximum score per block of _BLOCK slots.
+
+  NB' is the block count rounded up to a multiple of _SUPER; invalid slots and
+  padding score -inf.
+  """
+  n = keys.shape[0]
+  q = queries.shape[0]
+  num_blocks = -(-n // _BLOCK)
+  padded_blocks = -(-num_blocks // _SUPER) * _SUPER
+
+  def maxima(start, size):
+    kc = jax.lax.dynamic_slice_in_dim(keys, start, size)
+    vc = jax.lax.dynamic_slice_in_dim(valid, start, size)
+    if metric == "cosine":
+      kc = _normalize(kc).astype(keys.dtype)
+    s = jnp.matmul(queries, kc.T, precision=_HIGHEST, preferred_element_type=jnp.float32)
+    s = jnp.where(vc[None, :], s, -jnp.inf)
+    if size % _BLOCK:
+      s = jnp.pad(s, ((0, 0), (0, -size % _BLOCK)), constant_values=-jnp.inf)
+    return s.reshape(q, -1, _BLOCK).max(axis=-1)
+
+  def put(table, start, size):
+    return jax.lax.dynamic_update_slice_in_dim(table, maxima(start, size), start // _BLOCK,
+                                               axis=1)
+
+  table = jnp.full((q, padded_blocks), -jnp.inf, jnp.float32)
+  steps = n // (_STREAMS * chunk)
+  per_stream = steps * chunk
+  if steps:
+    def body(i, table):
+      for stream in range(_STREAMS):
+        table = put(table, stream * per_stream + i * chunk, chunk)
+      return table
+    table = jax.lax.fori_loop(0, steps, body, table)
+  start = _STREAMS * per_stream
+  while start < n:  # the tail: fewer than _STREAMS chunks
+    size = min(chunk, n - start)
+    table = put(table, start, size)
+    start += size
+  return table
+
+
+def _best_blocks(maxima: jax.Array, count: int) -> jax.Array:
+  """The `count` blocks of highest maximum (ties: lower block), [Q, count] ascending."""
+  q, padded_blocks = maxima.shape
+  if padded_blocks <= 4 * count * _SUPER:
+    blocks = jax.lax.top_k(maxima, count)[1]
+  else:
+    grouped = maxima.reshape(q, -1, _SUPER)
+    supers = jnp.sort(jax.lax.top_k(grouped.max(axis=-1), count)[1], axis=-1)
+    candidates = jnp.take_along_axis(grouped, supers[:, :, None], axis=1).reshape(q, -1)
+    where = jax.lax.top_k(candidates, count)[1]
+    blocks = (jnp.take_along_axis(supers, where // _SUPER, axis=1) * _SUPER
+              + where % _SUPER)
+  return jnp.sort(blocks, axis=-1).astype(jnp.int32)
+
+
+def _rescore(keys: jax.Array, valid: jax.Array, queries: jax.Array, blocks: jax.Array,
+             metric: str) -> tuple[jax.Array, jax.Array]:
+  """Pass 2: scores and slots of every slot in `blocks`, in ascending slot order.
+
+  Returns ([Q, C] float32 scores, -inf for invalid slots; [Q, C] int32 slots),
+  C = blocks.shape[1] * _BLOCK.
+  """
+  n, d = keys.shape
+  width = blocks.shape[1] * _BLOCK
+
+  def one(query, query_blocks):
+    slots = (query_blocks[:, None] * _BLOCK
+             + jnp.arange(_BLOCK, dtype=jnp.int32)).reshape(-1)
+    safe = jnp.minimum(slots, n - 1)
+    ok = (slots < n) & valid[safe]
+    rows = keys[safe].astype(jnp.float32)
+    if metric == "cosine":  # rounded to the key dtype, as in pass 1
+      rows = _normalize(rows).astype(keys.dtype).astype(jnp.float32)
+    s = jnp.matmul(rows, query.astype(jnp.float32), precision=_HIGHEST)
+    return jnp.where(ok, s, -jnp.inf), slots
+
+  batch = max(1, _RESCORE_ELEMENTS // (width * d))
+  return jax.lax.map(lambda a: one(*a), (queries, blocks), batch_size=batch)
+
+
+def _top_k_group(keys, valid, queries, k, metric, chunk):
+  count = min(k, -(-keys.shape[0] // _BLOCK))
+  blocks = _best_blocks(_block_maxima(keys, valid, queries, metric, chunk), count)
+  scores, slots = _rescore(keys, valid, queries, blocks, metric)
   top, where = jax.lax.top_k(scores, k)
-  return top, jnp.take_along_axis(slots, where, axis=-1)
+  return top, jnp.take_along_axis(slots, where, axis=1)
 
 
 def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *,
@@ -396,7 +517,11 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
   """Exact top-k of `queries @ keys.T` over valid slots, chunk by chunk.
 
   The building block of `lookup` (and of the sharded store, which runs it on
-  each shard). At most `chunk_size` slots are scored at a time.
+  each shard). At most `chunk_size` slots are scored at a time, so the Q x N
+  score matrix is never built whole: a first pass keeps only each block's
+  maximum score (a buffer of at most 1/16 of the key table), a second pass
+  rescores the slots of the k best blocks per query (see the note above).
+  The returned scores are those of the second pass (float32, HIGHEST precision).
 
   Args:
     keys: [N, Dk] keys.
@@ -404,46 +529,27 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
     queries: [Q, Dk] queries (already normalised for cosine).
     k: results per query, k <= N.
     metric: "inner_product" or "cosine" (keys are normalised chunk by chunk).
-    chunk_size: slots scored at once; default keeps Q x chunk under 4M.
+    chunk_size: slots scored at once; default keeps Q x chunk near 2M.
     slot_offset: added to the returned slot indices.
 
   Returns:
     (scores [Q, k] float32, slots [Q, k] int32); -inf and -1 past the valid items.
   """
-  n = keys.shape[0]
-  q = queries.shape[0]
-  if chunk_size is None:
-    chunk_size = max(k, DEFAULT_CHUNK_ELEMENTS // max(q, 1))
-  chunk = max(min(chunk_size, n), 1)
+  keys, valid, queries = jnp.asarray(keys), jnp.asarray(valid), jnp.asarray(queries)
+  q, d = queries.shape
   if metric == "cosine":
     queries = _normalize(queries)
   queries = queries.astype(keys.dtype)
-
-  def score_chunk(start, size):
-    kc = jax.lax.dynamic_slice_in_dim(keys, start, size)
-    vc = jax.lax.dynamic_slice_in_dim(valid, start, size)
-    if metric == "cosine":
-      kc = _normalize(kc).astype(keys.dtype)
-    s = jnp.matmul(queries, kc.T, preferred_element_type=jnp.float32)
-    s = jnp.where(vc[None, :], s, -jnp.inf)
-    kk = min(k, size)
-    top, where = jax.lax.top_k(s, kk)
-    slots = (where + start).astype(jnp.int32)
-    if kk < k:  # a short tail chunk: pad to k
-      pad = ((0, 0), (0, k - kk))
-      top = jnp.pad(top, pad, constant_values=-jnp.inf)
-      slots = jnp.pad(slots, pad, constant_values=-1)
-    return top, slots
-
-  full, tail = divmod(n, chunk)
-  best = score_chunk(0, chunk)
-  if full > 1:
-    def body(carry, i):
-      return _merge_top_k(carry, score_chunk(i * chunk, chunk), k), None
-    best, _ = jax.lax.scan(body, best, jnp.arange(1, full, dtype=jnp.int32))
-  if tail:
-    best = _merge_top_k(best, score_chunk(full * chunk, tail), k)
-  scores, slots = best
+  group = _query_group_size(d, jnp.dtype(keys.dtype).itemsize)
+  chunk = _stream_chunk(min(q, group), chunk_size)
+  if q <= group:
+    scores, slots = _top_k_group(keys, valid, queries, k, metric, chunk)
+  else:
+    groups = -(-q // group)
+    padded = jnp.pad(queries, ((0, groups * group - q), (0, 0))).reshape(groups, group, d)
+    scores, slots = jax.lax.map(
+        lambda g: _top_k_group(keys, valid, g, k, metric, chunk), padded)
+    scores, slots = scores.reshape(-1, k)[:q], slots.reshape(-1, k)[:q]
   slots = jnp.where(jnp.isfinite(scores), slots + slot_offset, -1).astype(jnp.int32)
   return scores, slots
 
