@@ -146,7 +146,7 @@ def _local_candidates(keys, valid, queries, k, metric, chunk, axis, offset):
   shards = jax.lax.axis_size(axis)
   count = min(k, local_blocks * shards)
   # 1. This shard's best blocks (ascending), with their maxima.
-  maxima = store._block_maxima(keys, valid, queries, metric, chunk)
+  maxima = store._block_maxima(keys, valid, queries[None], metric, chunk)[0]
   mine = store._best_blocks(maxima, min(k, local_blocks))
   mine_max = jnp.take_along_axis(maxima, mine, axis=1)
   first_block = offset // store._BLOCK
@@ -159,7 +159,9 @@ def _local_candidates(keys, valid, queries, k, metric, chunk, axis, offset):
   # 3. Rescore the winners this shard owns, exactly as the unsharded store does.
   local = best - first_block
   owned = (local >= 0) & (local < local_blocks)
-  scores, slots = store._rescore(keys, valid, queries, jnp.where(owned, local, 0), metric)
+  scores, slots = store._rescore(keys, valid, queries[None], jnp.where(owned, local, 0)[None],
+                                 metric)
+  scores, slots = scores[0], slots[0]
   scores = jnp.where(jnp.repeat(owned, store._BLOCK, axis=1), scores, -jnp.inf)
   top, pos = jax.lax.top_k(scores, k)
   return top, jnp.take_along_axis(slots, pos, axis=1) + offset
@@ -181,7 +183,7 @@ def _lookup(memory, queries, k, metric, chunk_size, mesh, axis):
     queries = queries.astype(local.keys.dtype)
     q = queries.shape[0]
     group = store._query_group_size(d, jnp.dtype(local.keys.dtype).itemsize)
-    chunk = store._stream_chunk(min(q, group), chunk_size)
+    chunk = store._stream_chunk(min(q, group), d, chunk_size)
     run = functools.partial(_local_candidates, local.keys, local.valid, k=k, metric=metric,
                             chunk=chunk, axis=axis, offset=offset)
     if q <= group:
