@@ -8,6 +8,9 @@ from memjax.nn.dnc import DNCState
 from memjax.nn.lstm import LSTMCell
 from memjax.nn.ntm import NTMCell
 from memjax.nn.ntm import NTMState
+from memjax.nn.product_keys import ProductKeyMemory
+from memjax.nn.sam import SAMCell
+from memjax.nn.sam import SAMState
 from memjax.nn.sequence import run_cell
 
 __all__ = [
@@ -19,5 +22,8 @@ __all__ = [
     "LSTMState",
     "NTMCell",
     "NTMState",
+    "ProductKeyMemory",
+    "SAMCell",
+    "SAMState",
     "run_cell",
 ]

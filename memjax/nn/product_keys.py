@@ -64,7 +64,8 @@ def product_key_top_k(query: jax.typing.ArrayLike, sub_keys: jax.typing.ArrayLik
 
   Returns:
     A `ProductKeyResult`; slot i n + j has key [sub_keys[0, i]; sub_keys[1, j]].
-    Ties go to the lower first-half index, then the lower second-half index.
+    The k scores are exact; among equal scores, the pair whose halves rank
+    higher in their own top-k comes first.
   """
   query = _checks.as_array(query, "query")
   _checks.check_floating(query, "query")
