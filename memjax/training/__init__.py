@@ -1,5 +1,6 @@
 """Training utilities shared by the experiments and the notebooks."""
 
+from memjax.training import babi
 from memjax.training import checkpoint
 from memjax.training import metrics
 from memjax.training import plotting
@@ -16,6 +17,7 @@ __all__ = [
     "GracefulStop",
     "MetricWriter",
     "Progress",
+    "babi",
     "checkpoint",
     "metrics",
     "plot_episode",
