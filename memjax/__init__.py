@@ -8,6 +8,7 @@ from memjax import access
 from memjax import addressing
 from memjax import allocation
 from memjax import linkage
+from memjax import sharded
 from memjax import store
 from memjax.store import KVMemory
 from memjax.store import LookupResult
@@ -21,5 +22,6 @@ __all__ = [
     "addressing",
     "allocation",
     "linkage",
+    "sharded",
     "store",
 ]

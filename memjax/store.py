@@ -44,6 +44,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from memjax import _checks
@@ -382,12 +383,213 @@ def _normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _NORM_EPSILON)
 
 
-def _merge_top_k(best, candidates, k: int):
-  """Top-k of two candidate lists; `best` wins ties (it holds lower slot indices)."""
-  scores = jnp.concatenate([best[0], candidates[0]], axis=-1)
-  slots = jnp.concatenate([best[1], candidates[1]], axis=-1)
+# How `top_k_slots` finds the exact top-k without a top-k over every score.
+# Slots are grouped in blocks of _BLOCK. The k best items lie in the k blocks
+# with the highest block maximum (ties to the lower block): each block ranked
+# above an item's block holds an item ranked above that item, so fewer than k
+# blocks can outrank it. Pass 1 is a plain matmul per chunk reduced to block
+# maxima (no top-k, no sort); the k best blocks are found among them, two
+# levels deep (super-blocks of _SUPER blocks, same argument); pass 2 rescores
+# the k x _BLOCK candidates of each query and takes their top k.
+#
+# The kernel works on a leading batch axis (queries [B, Q, Dk]; keys [N, Dk]
+# shared by all B, or [B, N, Dk]); under `jax.vmap` a custom rule folds the
+# mapped axis into it, so the chunks stay dynamic slices (vmap's default rule
+# would turn them into gathers, several times slower).
+_BLOCK = 32
+_SUPER = 64
+# Chunks scored by independent matmuls in one loop step: XLA:CPU runs
+# independent ops concurrently, so this is how one device uses several cores.
+_STREAMS = 2
+# The block-maxima buffer stays under this fraction of the key table; more
+# queries than fit are processed in groups.
+_BLOCK_MAX_FRACTION = 1 / 16
+# Gathered key elements per rescoring step (bounds the pass-2 buffer).
+_RESCORE_ELEMENTS = 1 << 21
+# Per-stream chunk: scores computed by one matmul, and key elements it reads.
+_CHUNK_SCORES = 1 << 20
+_CHUNK_KEY_ELEMENTS = 1 << 20
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _query_group_size(key_dim: int, itemsize: int) -> int:
+  """Queries per pass over the table; depends on the key layout only, never on N."""
+  per_query = 4 / _BLOCK  # bytes of block maxima per slot and query
+  return max(16, int(_BLOCK_MAX_FRACTION * key_dim * itemsize / per_query))
+
+
+def _stream_chunk(num_queries: int, key_dim: int, chunk_size: int | None) -> int:
+  if chunk_size is None:
+    chunk = min(_CHUNK_SCORES // max(num_queries, 1), _CHUNK_KEY_ELEMENTS // key_dim)
+  else:
+    chunk = chunk_size // _STREAMS
+  return max(_BLOCK, chunk // _BLOCK * _BLOCK)
+
+
+def _block_maxima(keys: jax.Array, valid: jax.Array, queries: jax.Array, metric: str,
+                  chunk: int) -> jax.Array:
+  """Pass 1: [B, Q, NB'] float32 maximum score per block of _BLOCK slots.
+
+  keys [N, Dk] and valid [N] (shared) or [B, N, Dk] and [B, N]; queries
+  [B, Q, Dk]. NB' is the block count rounded up to a multiple of _SUPER;
+  invalid slots and padding score -inf.
+  """
+  shared = keys.ndim == 2
+  n = keys.shape[-2]
+  b, q = queries.shape[:2]
+  num_blocks = -(-n // _BLOCK)
+  padded_blocks = -(-num_blocks // _SUPER) * _SUPER
+
+  def maxima(start, size):
+    kc = jax.lax.dynamic_slice_in_dim(keys, start, size, axis=keys.ndim - 2)
+    vc = jax.lax.dynamic_slice_in_dim(valid, start, size, axis=valid.ndim - 1)
+    if metric == "cosine":
+      kc = _normalize(kc).astype(keys.dtype)
+    spec = "bqd,cd->bqc" if shared else "bqd,bcd->bqc"
+    s = jnp.einsum(spec, queries, kc, precision=_HIGHEST, preferred_element_type=jnp.float32)
+    s = jnp.where(vc[..., None, :], s, -jnp.inf)
+    if size % _BLOCK:
+      s = jnp.pad(s, ((0, 0), (0, 0), (0, -size % _BLOCK)), constant_values=-jnp.inf)
+    return s.reshape(b, q, -1, _BLOCK).max(axis=-1)
+
+  def put(table, start, size):
+    return jax.lax.dynamic_update_slice_in_dim(table, maxima(start, size), start // _BLOCK,
+                                               axis=2)
+
+  table = jnp.full((b, q, padded_blocks), -jnp.inf, jnp.float32)
+  steps = n // (_STREAMS * chunk)
+  per_stream = steps * chunk
+  if steps:
+    def body(i, table):
+      for stream in range(_STREAMS):
+        table = put(table, stream * per_stream + i * chunk, chunk)
+      return table
+    table = jax.lax.fori_loop(0, steps, body, table)
+  start = _STREAMS * per_stream
+  while start < n:  # the tail: fewer than _STREAMS chunks
+    size = min(chunk, n - start)
+    table = put(table, start, size)
+    start += size
+  return table
+
+
+def _best_blocks(maxima: jax.Array, count: int) -> jax.Array:
+  """The `count` blocks of highest maximum (ties: lower block), [..., count] ascending."""
+  lead, padded_blocks = maxima.shape[:-1], maxima.shape[-1]
+  if padded_blocks <= 4 * count * _SUPER:
+    blocks = jax.lax.top_k(maxima, count)[1]
+  else:
+    grouped = maxima.reshape(*lead, -1, _SUPER)
+    supers = jnp.sort(jax.lax.top_k(grouped.max(axis=-1), count)[1], axis=-1)
+    candidates = jnp.take_along_axis(grouped, supers[..., None], axis=-2)
+    where = jax.lax.top_k(candidates.reshape(*lead, -1), count)[1]
+    blocks = (jnp.take_along_axis(supers, where // _SUPER, axis=-1) * _SUPER
+              + where % _SUPER)
+  return jnp.sort(blocks, axis=-1).astype(jnp.int32)
+
+
+def _rescore(keys: jax.Array, valid: jax.Array, queries: jax.Array, blocks: jax.Array,
+             metric: str) -> tuple[jax.Array, jax.Array]:
+  """Pass 2: scores and slots of every slot in `blocks`, in ascending slot order.
+
+  keys [N, Dk] and valid [N] (shared) or [B, N, Dk] and [B, N]; queries
+  [B, Q, Dk]; blocks [B, Q, J]. Returns ([B, Q, C] float32 scores, -inf for
+  invalid slots; [B, Q, C] int32 slots), C = J x _BLOCK.
+  """
+  n, d = keys.shape[-2:]
+  b, q = queries.shape[:2]
+  width = blocks.shape[-1] * _BLOCK
+  shared = keys.ndim == 2
+  owner = jnp.repeat(jnp.arange(b, dtype=jnp.int32), q)
+
+  def one(args):
+    query, query_blocks, table = args
+    slots = (query_blocks[:, None] * _BLOCK
+             + jnp.arange(_BLOCK, dtype=jnp.int32)).reshape(-1)
+    safe = jnp.minimum(slots, n - 1)
+    where = safe if shared else (table, safe)
+    ok = (slots < n) & valid[where]
+    rows = keys[where].astype(jnp.float32)
+    if metric == "cosine":  # rounded to the key dtype, as in pass 1
+      rows = _normalize(rows).astype(keys.dtype).astype(jnp.float32)
+    s = jnp.matmul(rows, query.astype(jnp.float32), precision=_HIGHEST)
+    return jnp.where(ok, s, -jnp.inf), slots
+
+  batch = max(1, _RESCORE_ELEMENTS // (width * d))
+  scores, slots = jax.lax.map(
+      one, (queries.reshape(b * q, d), blocks.reshape(b * q, -1), owner), batch_size=batch)
+  return scores.reshape(b, q, width), slots.reshape(b, q, width)
+
+
+def _top_k_group(keys, valid, queries, k, metric, chunk):
+  count = min(k, -(-keys.shape[-2] // _BLOCK))
+  blocks = _best_blocks(_block_maxima(keys, valid, queries, metric, chunk), count)
+  scores, slots = _rescore(keys, valid, queries, blocks, metric)
   top, where = jax.lax.top_k(scores, k)
   return top, jnp.take_along_axis(slots, where, axis=-1)
+
+
+def _exact_top_k(keys, valid, queries, k, metric, chunk, group):
+  """keys [N, Dk] or [B, N, Dk], queries [B, Q, Dk] -> ([B, Q, k], [B, Q, k])."""
+  b, q, d = queries.shape
+  if q <= group:
+    return _top_k_group(keys, valid, queries, k, metric, chunk)
+  groups = -(-q // group)
+  padded = jnp.pad(queries, ((0, 0), (0, groups * group - q), (0, 0)))
+  padded = jnp.moveaxis(padded.reshape(b, groups, group, d), 1, 0)
+  scores, slots = jax.lax.map(lambda g: _top_k_group(keys, valid, g, k, metric, chunk), padded)
+  unfold = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, groups * group, k)[:, :q]
+  return unfold(scores), unfold(slots)
+
+
+def _select(keys, valid, queries, k, metric, chunk, group):
+  """`_exact_top_k` that stays a batched kernel under any number of `jax.vmap`s.
+
+  The choice is constant under differentiation (zero tangents).
+  """
+
+  @jax.custom_batching.custom_vmap
+  def run(keys, valid, queries):
+    return _exact_top_k(keys, valid, queries, k, metric, chunk, group)
+
+  @run.def_vmap
+  def _fold(size, in_batched, keys, valid, queries):
+    keys_b, valid_b, queries_b = in_batched
+    if valid_b and not keys_b:  # rare: one key table under many masks
+      keys, keys_b = jnp.broadcast_to(keys, (size, *keys.shape)), True
+    if keys_b and not valid_b:
+      valid = jnp.broadcast_to(valid, (size, *valid.shape))
+    if not queries_b:
+      queries = jnp.broadcast_to(queries, (size, *queries.shape))
+    b, q, d = queries.shape[1:]
+    n = keys.shape[-2]
+    if not keys_b:
+      if keys.ndim == 2:  # a shared table: the mapped axis is more batch
+        out = run(keys, valid, queries.reshape(size * b, q, d))
+        return tuple(x.reshape(size, b, q, k) for x in out), (True, True)
+      # One table per batch entry, the same for every mapped index: fold into Q.
+      out = run(keys, valid, jnp.moveaxis(queries, 0, 1).reshape(b, size * q, d))
+      return (tuple(jnp.moveaxis(x.reshape(b, size, q, k), 1, 0) for x in out),
+              (True, True))
+    if keys.ndim == 3:  # one table per mapped index, shared by its batch: fold B into Q
+      out = run(keys, valid, queries.reshape(size, b * q, d))
+    else:  # one table per (mapped index, batch entry)
+      out = run(keys.reshape(size * b, n, d), valid.reshape(size * b, n),
+                queries.reshape(size * b, q, d))
+    return tuple(x.reshape(size, b, q, k) for x in out), (True, True)
+
+  @jax.custom_jvp
+  def constant(keys, valid, queries):
+    return run(keys, valid, queries)
+
+  @constant.defjvp
+  def _zero_tangents(primals, tangents):
+    del tangents
+    scores, slots = constant(*primals)
+    return (scores, slots), (jnp.zeros_like(scores),
+                             np.zeros(slots.shape, jax.dtypes.float0))
+
+  return constant(keys, valid, queries)
 
 
 def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *,
@@ -396,7 +598,12 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
   """Exact top-k of `queries @ keys.T` over valid slots, chunk by chunk.
 
   The building block of `lookup` (and of the sharded store, which runs it on
-  each shard). At most `chunk_size` slots are scored at a time.
+  each shard). At most `chunk_size` slots are scored at a time, so the Q x N
+  score matrix is never built whole: a first pass keeps only each block's
+  maximum score (a buffer of at most 1/16 of the key table), a second pass
+  rescores the slots of the k best blocks per query (see the note above).
+  Scores are those of the second pass (float32, HIGHEST precision); their
+  gradient flows to `queries` and the chosen keys, the choice is constant.
 
   Args:
     keys: [N, Dk] keys.
@@ -404,47 +611,30 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
     queries: [Q, Dk] queries (already normalised for cosine).
     k: results per query, k <= N.
     metric: "inner_product" or "cosine" (keys are normalised chunk by chunk).
-    chunk_size: slots scored at once; default keeps Q x chunk under 4M.
+    chunk_size: slots scored at once; default keeps Q x chunk and chunk x Dk
+      near 2M elements.
     slot_offset: added to the returned slot indices.
 
   Returns:
     (scores [Q, k] float32, slots [Q, k] int32); -inf and -1 past the valid items.
   """
-  n = keys.shape[0]
-  q = queries.shape[0]
-  if chunk_size is None:
-    chunk_size = max(k, DEFAULT_CHUNK_ELEMENTS // max(q, 1))
-  chunk = max(min(chunk_size, n), 1)
+  keys, valid, queries = jnp.asarray(keys), jnp.asarray(valid), jnp.asarray(queries)
+  q, d = queries.shape
   if metric == "cosine":
     queries = _normalize(queries)
   queries = queries.astype(keys.dtype)
-
-  def score_chunk(start, size):
-    kc = jax.lax.dynamic_slice_in_dim(keys, start, size)
-    vc = jax.lax.dynamic_slice_in_dim(valid, start, size)
-    if metric == "cosine":
-      kc = _normalize(kc).astype(keys.dtype)
-    s = jnp.matmul(queries, kc.T, preferred_element_type=jnp.float32)
-    s = jnp.where(vc[None, :], s, -jnp.inf)
-    kk = min(k, size)
-    top, where = jax.lax.top_k(s, kk)
-    slots = (where + start).astype(jnp.int32)
-    if kk < k:  # a short tail chunk: pad to k
-      pad = ((0, 0), (0, k - kk))
-      top = jnp.pad(top, pad, constant_values=-jnp.inf)
-      slots = jnp.pad(slots, pad, constant_values=-1)
-    return top, slots
-
-  full, tail = divmod(n, chunk)
-  best = score_chunk(0, chunk)
-  if full > 1:
-    def body(carry, i):
-      return _merge_top_k(carry, score_chunk(i * chunk, chunk), k), None
-    best, _ = jax.lax.scan(body, best, jnp.arange(1, full, dtype=jnp.int32))
-  if tail:
-    best = _merge_top_k(best, score_chunk(full * chunk, tail), k)
-  scores, slots = best
-  slots = jnp.where(jnp.isfinite(scores), slots + slot_offset, -1).astype(jnp.int32)
+  group = _query_group_size(d, jnp.dtype(keys.dtype).itemsize)
+  chunk = _stream_chunk(min(q, group), d, chunk_size)
+  scores, slots = _select(keys, valid, queries[None], k, metric, chunk, group)
+  scores, slots = scores[0], slots[0]
+  found = jnp.isfinite(scores)
+  # The same scores, now differentiable in the queries and the chosen keys.
+  rows = keys[jnp.where(found, slots, 0)].astype(jnp.float32)
+  if metric == "cosine":
+    rows = _normalize(rows).astype(keys.dtype).astype(jnp.float32)
+  live = jnp.einsum("qd,qkd->qk", queries.astype(jnp.float32), rows, precision=_HIGHEST)
+  scores = jnp.where(found, scores + (live - jax.lax.stop_gradient(live)), scores)
+  slots = jnp.where(found, slots + slot_offset, -1).astype(jnp.int32)
   return scores, slots
 
 

@@ -13,6 +13,9 @@ from memjax.nn.memn2n import MemoryNetworkOutput
 from memjax.nn.memn2n import SentenceEncoder
 from memjax.nn.ntm import NTMCell
 from memjax.nn.ntm import NTMState
+from memjax.nn.product_keys import ProductKeyMemory
+from memjax.nn.sam import SAMCell
+from memjax.nn.sam import SAMState
 from memjax.nn.sequence import run_cell
 from memjax.nn.transformer import BlockState
 from memjax.nn.transformer import MemoryAugmentedBlock
@@ -34,6 +37,9 @@ __all__ = [
     "MemoryTransformer",
     "NTMCell",
     "NTMState",
+    "ProductKeyMemory",
+    "SAMCell",
+    "SAMState",
     "SentenceEncoder",
     "run_cell",
 ]

@@ -1,0 +1,157 @@
+r"""Sparse (SAM) vs dense NTM: one step, forward + backward, batch 1.
+
+Both cells have the same LSTM controller (100 units), word size W = 32 and
+R = 2 read heads:
+
+* sparse: `memjax.nn.sam.SAMCell` with K = 4 slots per read head: one exact
+  top-K lookup over the memory (`memjax.store.top_k_slots`), then O(R K W);
+* dense:  the NTM step of Graves et al. (2014) built from `memjax.addressing`
+  (content, interpolation, shift, sharpening over all N slots) and
+  `memjax.access` (read, erase/add write), R read heads + 1 write head.
+
+A step is `jax.value_and_grad` of a loss on the step's output with respect
+to the cell's parameters, returning the new recurrent state, jitted, with the
+state donated (so the memory is updated in place). Times are the median over
+`--steps` steps after two warm-up steps, each step feeding the next.
+
+Run:
+
+  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm
+  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm --sizes=1K,16K,64K,1M --steps=20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from memjax import access
+from memjax import addressing
+from memjax.nn import sam
+
+IN, OUT, CONTROLLER, WORD, READS, K = 8, 8, 100, 32, 2, 4
+
+
+class DenseState(NamedTuple):
+  hidden: jax.Array
+  cell: jax.Array
+  memory: jax.Array
+  weights: jax.Array        # [B, R + 1, N] read heads, then the write head
+  read_vectors: jax.Array   # [B, R, W]
+
+
+class DenseNTMCell(nnx.Module):
+  """An NTM step from the pure layer: R read heads + 1 write head, shifts -1..1."""
+
+  def __init__(self, memory_size: int, *, rngs: nnx.Rngs):
+    self.n = memory_size
+    r, w, c = READS, WORD, CONTROLLER
+    self.gates = nnx.Linear(IN + r * w + c, 4 * c, rngs=rngs)
+    self.address_size = w + 3 + 3  # key, strength, gate, gamma, 3 shifts
+    self.interface = nnx.Linear(c, (r + 1) * self.address_size + 2 * w, rngs=rngs)
+    self.output = nnx.Linear(c + r * w, OUT, rngs=rngs)
+
+  def initialize_carry(self, batch: int) -> DenseState:
+    n, r, w, c = self.n, READS, WORD, CONTROLLER
+    weights = jnp.zeros((batch, r + 1, n)).at[:, :, 0].set(1.0)
+    return DenseState(jnp.zeros((batch, c)), jnp.zeros((batch, c)),
+                      jnp.full((batch, n, w), 1e-6), weights, jnp.zeros((batch, r, w)))
+
+  def __call__(self, state: DenseState, x: jax.Array):
+    b = x.shape[0]
+    r, w, a = READS, WORD, self.address_size
+    z = self.gates(jnp.concatenate([x, state.read_vectors.reshape(b, -1), state.hidden], -1))
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    cell = jax.nn.sigmoid(f + 1.0) * state.cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+    hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)
+    iface = self.interface(hidden)
+    heads = iface[:, :(r + 1) * a].reshape(b, r + 1, a)
+    key = jnp.tanh(heads[..., :w])
+    strength = jax.nn.softplus(heads[..., w])
+    gate = jax.nn.sigmoid(heads[..., w + 1])
+    gamma = 1 + jax.nn.softplus(heads[..., w + 2])
+    shift_w = jax.nn.softmax(heads[..., w + 3:], axis=-1)
+    erase = jax.nn.sigmoid(iface[:, (r + 1) * a:(r + 1) * a + w])
+    add = jnp.tanh(iface[:, (r + 1) * a + w:])
+    per_head = jax.vmap(addressing.ntm_weights, in_axes=(None, 0, 0, 0, 0, 0, 0))
+    weights = jax.vmap(per_head)(state.memory, state.weights, key, strength, gate, shift_w,
+                                 gamma)
+    reads = jax.vmap(access.read)(state.memory, weights[:, :r])
+    memory = jax.vmap(access.write)(state.memory, weights[:, r], erase, add)
+    y = self.output(jnp.concatenate([hidden, reads.reshape(b, -1)], -1))
+    return DenseState(hidden, cell, memory, weights, reads), y
+
+
+def _step_fn(cell, state_of):
+  graphdef, params = nnx.split(cell)
+
+  def loss(params, state, x):
+    new_state, y = nnx.merge(graphdef, params)(state, x)
+    return jnp.sum(y ** 2), new_state
+
+  grad = jax.value_and_grad(loss, has_aux=True)
+  step = jax.jit(lambda params, state, x: grad(params, state, x), donate_argnums=1)
+  return step, params, state_of(cell)
+
+
+def _measure(kind: str, n: int, steps: int) -> dict:
+  rngs = nnx.Rngs(0)
+  if kind == "sparse":
+    cell = sam.SAMCell(IN, OUT, memory_size=n, word_size=WORD, num_read_heads=READS, k=K,
+                       controller_size=CONTROLLER, rngs=rngs)
+    step, params, state = _step_fn(cell, lambda c: c.initialize_carry((1, IN)))
+  else:
+    step, params, state = _step_fn(DenseNTMCell(n, rngs=rngs), lambda c: c.initialize_carry(1))
+  xs = jnp.asarray(np.random.default_rng(0).normal(size=(steps + 2, 1, IN)), jnp.float32)
+  times = []
+  for t in range(steps + 2):
+    start = time.perf_counter()
+    (value, state), grads = step(params, state, xs[t])
+    jax.block_until_ready((value, state, grads))
+    times.append(time.perf_counter() - start)
+  assert bool(jnp.isfinite(value))
+  times = times[2:]
+  return {"kind": kind, "n": n, "median_ms": 1e3 * float(np.median(times)),
+          "min_ms": 1e3 * min(times), "steps": steps}
+
+
+def _parse_size(text: str) -> int:
+  text = text.strip().upper()
+  scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
+  return int(text[:-1] if text[-1] in "KM" else text) * scale
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", default="1K,16K,64K,1M")
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--dense-steps", type=int, default=5,
+                      help="steps for the dense NTM (slow at large N)")
+  args = parser.parse_args()
+  rows = []
+  for n in map(_parse_size, args.sizes.split(",")):
+    sparse = _measure("sparse", n, args.steps)
+    dense = _measure("dense", n, args.dense_steps)
+    for row in (sparse, dense):
+      print(json.dumps(row), flush=True)
+    rows.append((n, sparse, dense))
+  print()
+  print(f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s); "
+        f"W={WORD}, R={READS}, K={K}, controller {CONTROLLER}, batch 1, fwd+bwd")
+  print("| N | sparse (SAM) ms | dense (NTM) ms | dense / sparse |")
+  print("| --- | --- | --- | --- |")
+  for n, sparse, dense in rows:
+    label = f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
+    print(f"| {label} | {sparse['median_ms']:.2f} | {dense['median_ms']:.2f} | "
+          f"{dense['median_ms'] / sparse['median_ms']:.0f}x |")
+
+
+if __name__ == "__main__":
+  main()
