@@ -256,8 +256,9 @@ class TfidfEncoder(HashedBagOfWords):
   never seen by `fit` (a question word such as "where", which no passage
   holds) is dropped (or weighed `unseen_idf`): otherwise it would take the
   largest idf and, through a hash collision, lend it to an unrelated passage.
-  The vocabulary is fixed by `fit`; refit (and re-add the passages) when the
-  corpus drifts.
+  `observe` adds the new features of passages stored later (a
+  `DocumentMemory` does this itself); refit and re-add the passages when the
+  corpus drifts far.
 
   Args: as `HashedBagOfWords`, plus
     unseen_idf: idf of features `fit` never saw; None drops them.
@@ -285,6 +286,28 @@ class TfidfEncoder(HashedBagOfWords):
     self.num_fitted = n
     self.idf = {f: math.log((1.0 + n) / (1.0 + d)) + 1.0 for f, d in df.items()}
     return self
+
+  def observe(self, texts: Iterable[str]) -> int:
+    """Adds the features of `texts` that `fit` never saw, at the idf of df = 1.
+
+    Features already known keep their idf, so the vectors of texts encoded
+    before stay exactly valid; only texts holding a new feature change. A
+    `DocumentMemory` calls this for every passage it stores, so that a new
+    name in an inserted passage (and in the questions about it) counts.
+
+    Returns:
+      The number of features added.
+    """
+    if self.idf is None:
+      raise ValueError("TfidfEncoder must be fitted first: call encoder.fit(texts)")
+    rare = math.log((1.0 + self.num_fitted) / 2.0) + 1.0
+    added = 0
+    for t in texts:
+      for f in self.features(t):
+        if f not in self.idf:
+          self.idf[f] = rare
+          added += 1
+    return added
 
   def feature_weight(self, feature: str) -> float | None:
     if self.idf is None:
@@ -474,12 +497,15 @@ class DocumentMemory:
       normalise, so both agree for them).
     key_dtype: dtype of the stored vectors.
     batch_size: texts encoded and inserted (or queries scored) per call.
+    observe: before storing passages, show them to the encoder's `observe`
+      method if it has one (a `TfidfEncoder` then learns their new words).
   """
 
   def __init__(self, encoder: Encoder, num_slots: int, *, policy: str = "fifo",
                payload: Callable[[Sequence[str]], np.ndarray] | None = None,
                payload_width: int | None = None, payload_dtype=np.int32,
-               metric: str = "inner_product", key_dtype=jnp.float32, batch_size: int = 1024):
+               metric: str = "inner_product", key_dtype=jnp.float32, batch_size: int = 1024,
+               observe: bool = True):
     if not callable(encoder) or not isinstance(getattr(encoder, "dim", None), int):
       raise TypeError("encoder must be callable with an integer `dim` attribute; got "
                       f"{type(encoder).__name__}")
@@ -493,6 +519,7 @@ class DocumentMemory:
         raise ValueError("payload_width must be given (an integer >= 1) when the payload "
                          f"has no integer `width`; got {width!r}")
     self.encoder = encoder
+    self._observe = getattr(encoder, "observe", None) if observe else None
     self.payload = payload
     self.metric = metric
     self.batch_size = batch_size
@@ -571,6 +598,8 @@ class DocumentMemory:
 
   def _add_batch(self, texts: list[str], ids: np.ndarray) -> None:
     n, b = self.num_slots, len(texts)
+    if self._observe is not None:
+      self._observe(texts)
     keys = self.encoder(texts)
     values = self._payload(texts, ids)
     size = _bucket(b, self.batch_size) if b > 1 else 1
@@ -608,6 +637,8 @@ class DocumentMemory:
       raise KeyError(f"ids not in memory: {missing[:5]}")
     if not texts:
       return
+    if self._observe is not None:
+      self._observe(texts)
     keys = self.encoder(texts)
     values = self._payload(texts, ids)
     self.memory = _update(self.memory, ids.astype(np.int32), keys=keys, values=values)

@@ -119,6 +119,23 @@ def test_tfidf_drops_unseen_words():
     retrieval.TfidfEncoder(8).fit([])
 
 
+def test_tfidf_observe_adds_only_new_features():
+  enc = retrieval.TfidfEncoder(1 << 16).fit(DOCS)
+  before = dict(enc.idf)
+  old_vectors = enc(DOCS)
+  assert enc.observe(["the zebra and the cat", "zebra okapi"]) == 2
+  assert enc.idf["zebra"] == enc.idf["okapi"] == pytest.approx(math.log(7 / 2) + 1)
+  assert {f: enc.idf[f] for f in before} == before
+  np.testing.assert_array_equal(enc(DOCS), old_vectors)
+  # A document memory shows the passages it stores to the encoder.
+  grows = retrieval.DocumentMemory(retrieval.TfidfEncoder(256).fit(DOCS), 8)
+  grows.add([*DOCS, "zebras graze"])
+  assert grows.retrieve(["zebras"], k=1).ids[0, 0] == 6
+  fixed = retrieval.DocumentMemory(retrieval.TfidfEncoder(256).fit(DOCS), 8, observe=False)
+  fixed.add([*DOCS, "zebras graze"])
+  assert fixed.retrieve(["zebras"], k=1).scores[0, 0] == 0.0
+
+
 def test_tfidf_bigrams():
   enc = retrieval.TfidfEncoder(1 << 16, ngrams=2).fit(["ana silva", "ana costa", "rui silva"])
   v = enc(["ana silva", "ana costa", "rui silva", "silva ana"])

@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict(dict(num_questions=5_000, num_absent=1_000))
   c.editing = ml_collections.ConfigDict(dict(
       num_edits=1_000, locality_size=5_000, finetune_steps=300,
-      finetune_learning_rate=1e-3))
+      finetune_learning_rate=1e-3, finetune_replay=(False, True)))
   c.bounded = ml_collections.ConfigDict(dict(
       capacity=20_000, policies=("fifo", "lru"), stream_batch=1_000, hot=500,
       recent=10_000, eval_size=2_000, eval_every=20_000))
@@ -38,14 +38,14 @@ def get_config(arg=None):
 
 
 def shrink(c):
-  """The smoke sizes: a 3,000-fact base and a few hundred steps."""
-  c.facts.num_facts = 3_000
+  """The smoke sizes: a 2,000-fact base and a few hundred steps."""
+  c.facts.num_facts = 2_000
   c.retrieval.dim = 256
   c.model.dim = 64
-  c.closed_book_all_steps = 400
-  c.train.update(dict(num_questions=1_500, num_absent=200, steps=400, batch_size=128,
+  c.closed_book_all_steps = 300
+  c.train.update(dict(num_questions=1_000, num_absent=150, steps=300, batch_size=128,
                       learning_rate=1e-2, log_every=100))
-  c.eval.update(dict(num_questions=500, num_absent=100))
-  c.editing.update(dict(num_edits=60, locality_size=300, finetune_steps=30))
-  c.bounded.update(dict(capacity=1_000, stream_batch=250, hot=50, recent=500, eval_size=200,
+  c.eval.update(dict(num_questions=300, num_absent=100))
+  c.editing.update(dict(num_edits=40, locality_size=200, finetune_steps=40))
+  c.bounded.update(dict(capacity=600, stream_batch=200, hot=30, recent=300, eval_size=150,
                         eval_every=1_000))

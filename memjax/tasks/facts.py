@@ -452,7 +452,7 @@ def dialogue(base: FactBase, num_facts: int = 10, num_chatter: int = 100,
       turns.append(("user" if len(turns) % 2 == 0 else "assistant", chatter[c]))
       c += 1
     fact_turn.append(len(turns))
-    turns.append(("user", "by the way , " + base.statement(int(f))))
+    turns.append(("user", base.statement(int(f))))
   while c < num_chatter:
     turns.append(("user" if len(turns) % 2 == 0 else "assistant", chatter[c]))
     c += 1

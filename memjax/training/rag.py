@@ -25,6 +25,7 @@ Metrics go to `workdir/metrics.jsonl`, the summary to `workdir/results.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -201,24 +202,23 @@ def fact_questions(base: facts.FactBase, fact_ids: np.ndarray, rng: np.random.Ge
   return questions, [base.answer(int(f)) for f in fact_ids]
 
 
-def absent_questions(base: facts.FactBase, count: int, rng: np.random.Generator,
-                     exclude_entities: set[int] = frozenset()
-                     ) -> tuple[list[str], list[int]]:
+def absent_questions(base: facts.FactBase, count: int, rng: np.random.Generator
+                     ) -> tuple[list[str], list[tuple[int, int]]]:
   """Questions about relations an entity does not have (answer "unknown").
 
   Returns:
-    (questions, entity of each).
+    (questions, the (entity, relation) asked about by each).
   """
   known = base.fact_index()
-  questions, entities = [], []
+  questions, pairs = [], []
   while len(questions) < count:
     e = int(rng.integers(len(base.entities)))
     r = int(rng.integers(base.num_relations))
-    if (e, r) in known or e in exclude_entities:
+    if (e, r) in known:
       continue
     questions.append(base.question_text(base.entities[e], r, int(rng.integers(3))))
-    entities.append(e)
-  return questions, entities
+    pairs.append((e, r))
+  return questions, pairs
 
 
 # ----------------------------------------------------------------------------- training
@@ -258,7 +258,8 @@ def predict(model: rag_reader.KVMemoryReader, qa: QASet, *, use_memory: bool = T
   out = np.zeros(len(qa), np.int32)
   for start in range(0, len(qa), batch_size):
     part = qa.take(np.arange(start, min(start + batch_size, len(qa))))
-    pad = batch_size - len(part) if len(qa) > batch_size else 0
+    # Pad to a power of two, so that few shapes are ever compiled.
+    pad = min(batch_size, 1 << max(len(part) - 1, 1).bit_length()) - len(part)
     arrays = [np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
               for a in (part.question, part.keys, part.values, part.mask)]
     out[start:start + len(part)] = np.asarray(
@@ -314,6 +315,15 @@ def _batch(qa: QASet, idx: np.ndarray, rng: np.random.Generator, drop_true: floa
           "mask": mask, "answer": answer}
 
 
+@functools.lru_cache(maxsize=16)
+def _adam(steps: int, learning_rate: float) -> optax.GradientTransformation:
+  """Adam with warm-up and cosine decay; one object per setting, so that the
+  jitted training step (whose trace includes it) compiles once per setting."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10),
+                                                steps, learning_rate * 0.05)
+  return optax.adam(schedule)
+
+
 def train_reader(model: rag_reader.KVMemoryReader, train: QASet, *, steps: int,
                  batch_size: int, learning_rate: float, seed: int, use_memory: bool = True,
                  drop_true: float = 0.0, unknown: int = 0,
@@ -325,9 +335,7 @@ def train_reader(model: rag_reader.KVMemoryReader, train: QASet, *, steps: int,
   Returns:
     The last logged {"loss", "accuracy"} (averages since the previous log).
   """
-  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10 + 1),
-                                                steps, learning_rate * 0.05)
-  optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, _adam(steps, learning_rate), wrt=nnx.Param)
   rng = np.random.default_rng(seed)
   progress = metrics.Progress(steps)
   losses, accs = [], []
@@ -383,9 +391,11 @@ def stage_qa(config, base: facts.FactBase, system: RAGSystem,
   train_facts, test_facts = order[:n_train], order[n_train:n_train + n_eval]
   q, a = fact_questions(base, train_facts, rng)
   qa_fact, _ = system.qa_set(q, a, train_facts)
-  aq, _ = absent_questions(base, config.train.num_absent, rng)
+  aq, absent_pairs = absent_questions(base, config.train.num_absent, rng)
   qa_absent, _ = system.qa_set(aq, [facts.UNKNOWN] * len(aq), np.full(len(aq), -1))
   train = QASet.concat([qa_fact, qa_absent])
+  train_pairs = [(int(base.subject[f]), int(base.relation[f])) for f in train_facts]
+  train_pairs += absent_pairs
   eval_sets: dict[str, QASet] = {}
   q, a = fact_questions(base, test_facts, rng)
   test_texts = (q, a, test_facts)
@@ -433,7 +443,8 @@ def stage_qa(config, base: facts.FactBase, system: RAGSystem,
     readers[tag] = model
     logging.info("%s: %s", tag, {k: v for k, v in results.items() if k.startswith(tag)})
   writer.write(config.train.steps, **{f"final/{k}": v for k, v in results.items()})
-  state = {"reader": readers["rag"], "test": eval_sets["test"], "test_texts": test_texts}
+  state = {"reader": readers["rag"], "test": eval_sets["test"], "test_texts": test_texts,
+           "train": train, "train_pairs": train_pairs}
   return results, state
 
 
@@ -533,27 +544,37 @@ def stage_editing(config, base: facts.FactBase, system: RAGSystem, state: dict[s
   keep = np.asarray([int(f) not in edited_facts for f in state["test_texts"][2]])
   results["before/test_accuracy"] = _accuracy(test_before[keep], test_set.answer[keep])
 
-  # -- by fine-tuning a copy of the reader on the edited questions (memory unedited)
-  if cfg.finetune_steps > 0:
+  # -- by fine-tuning a copy of the reader on the edited questions (memory
+  # unedited); with replay, half of each batch repeats the original training
+  # questions (those about facts no edit touched), the usual guard against
+  # forgetting.
+  for replay in (cfg.finetune_replay if cfg.finetune_steps > 0 else ()):
+    tag = "finetune_replay" if replay else "finetune"
+    data = before_sets["efficacy"]
+    if replay:
+      pairs = state["train_pairs"]
+      old = np.flatnonzero([p not in edited for p in pairs])
+      old = rng.choice(old, size=min(len(old), len(data)), replace=False)
+      data = QASet.concat([data, state["train"].take(old)])
     graphdef, params = nnx.split(reader)
     tuned = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
     t0 = time.perf_counter()
-    last = train_reader(tuned, before_sets["efficacy"], steps=cfg.finetune_steps,
-                        batch_size=min(config.train.batch_size, len(eff_q)),
+    last = train_reader(tuned, data, steps=cfg.finetune_steps,
+                        batch_size=min(config.train.batch_size, len(data)),
                         learning_rate=cfg.finetune_learning_rate, seed=config.seed + 3,
-                        writer=writer, tag="finetune", log_every=config.train.log_every,
+                        writer=writer, tag=tag, log_every=config.train.log_every,
                         step_offset=config.train.steps)
     seconds = time.perf_counter() - t0
-    results["finetune/seconds"] = seconds
-    results["finetune/ms_per_edit"] = 1e3 * seconds / len(edits)
-    results["finetune/final_loss"] = last.get("loss", float("nan"))
+    results[f"{tag}/seconds"] = seconds
+    results[f"{tag}/ms_per_edit"] = 1e3 * seconds / len(edits)
+    results[f"{tag}/final_loss"] = last.get("loss", float("nan"))
     tuned_pred = {name: predict(tuned, qa) for name, qa in before_sets.items()}
-    results.update(_edit_scores("finetune", edits, eff_i, before, tuned_pred, before_sets))
+    results.update(_edit_scores(tag, edits, eff_i, before, tuned_pred, before_sets))
     test_tuned = predict(tuned, test_set)
-    results["finetune/test_accuracy"] = _accuracy(test_tuned[keep], test_set.answer[keep])
-    results["finetune/test_unchanged"] = float(np.mean(test_before[keep] == test_tuned[keep]))
-    logging.info("fine-tuning edits: %s",
-                 {k: v for k, v in results.items() if k.startswith("finetune")})
+    results[f"{tag}/test_accuracy"] = _accuracy(test_tuned[keep], test_set.answer[keep])
+    results[f"{tag}/test_unchanged"] = float(np.mean(test_before[keep] == test_tuned[keep]))
+    logging.info("%s edits: %s", tag,
+                 {k: v for k, v in results.items() if k.startswith(tag + "/")})
 
   # -- in memory, one edit at a time, timed
   latencies: dict[str, list[float]] = {"insert": [], "update": [], "delete": []}
@@ -584,7 +605,7 @@ def stage_editing(config, base: facts.FactBase, system: RAGSystem, state: dict[s
   logging.info("memory edits: %s",
                {k: v for k, v in results.items() if k.startswith("memory")})
   writer.write(config.train.steps + cfg.finetune_steps,
-               **{f"editing/{k}": v for k, v in results.items()})
+               **{f"editing/{k}": v for k, v in results.items() if k != "kinds"})
   return results
 
 
