@@ -159,9 +159,9 @@ class HashedBagOfWords:
   """Signed feature hashing of words (and word n-grams) into `dim` buckets.
 
   A text's vector holds, in bucket j, the signed count
-  sum_{f: h(f) mod dim = j} s(f) tf(f) of its features f, with s(f) = +-1 from another bit of the
-  hash (so collisions cancel in expectation); then it is L2-normalised (so
-  inner products are cosine similarities).
+  sum_{f: h(f) mod dim = j} s(f) tf(f) over its features f, with s(f) = +-1
+  from another bit of the hash (so collisions cancel in expectation); then it
+  is L2-normalised (so inner products are cosine similarities).
 
   Args:
     dim: D, number of buckets.

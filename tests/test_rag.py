@@ -107,7 +107,7 @@ def test_permute_words_is_a_consistent_renaming():
 
 @pytest.mark.parametrize("policy", ["fifo", "lru", "least_used"])
 def test_policy_simulator_agrees_with_the_store(policy):
-  mem = retrieval.DocumentMemory(retrieval.HashedBagOfWords(64), 6, policy=policy)
+  mem = retrieval.DocumentMemory(retrieval.HashedBagOfWords(256), 6, policy=policy)
   sim = rag.PolicySimulator(6, policy)
   rng = np.random.default_rng(2)
   words = [f"w{i}" for i in range(30)]
@@ -173,6 +173,7 @@ def test_smoke_run_learns_edits_and_bounds(tmp_path):
   config.stages = ("qa", "editing", "bounded")
   config.closed_book_all_steps = 0
   config.bounded.policies = ("lru",)
+  config.editing.finetune_replay = (False,)
   results = rag.train_and_evaluate(config, str(tmp_path))
   qa = results["qa"]
   # The reader answers questions about facts it never trained on, through retrieval.

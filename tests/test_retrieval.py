@@ -164,7 +164,7 @@ def encoder():
 
 
 def test_retrieve_matches_brute_force(encoder):
-  mem = retrieval.DocumentMemory(encoder, 16)
+  mem = retrieval.DocumentMemory(encoder, 8)
   ids = mem.add(DOCS)
   np.testing.assert_array_equal(ids, np.arange(6))
   queries = ["cat on a mat", "qubits", "pets like dogs", "nothing known here"]

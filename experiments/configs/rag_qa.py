@@ -22,7 +22,8 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(dim=128, hops=2, tie_output=True))
   c.train = ml_collections.ConfigDict(dict(
       num_questions=20_000, num_absent=2_000, steps=4_000, batch_size=256,
-      learning_rate=3e-3, drop_true=0.1, permute_words=True, log_every=200))
+      learning_rate=3e-3, drop_true=0.1, drop_entity=0.1, permute_words=True,
+      log_every=200))
   c.eval = ml_collections.ConfigDict(dict(num_questions=5_000, num_absent=1_000))
   c.editing = ml_collections.ConfigDict(dict(
       num_edits=1_000, locality_size=5_000, finetune_steps=300,

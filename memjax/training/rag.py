@@ -99,6 +99,7 @@ class QASet:
     mask: [Q, K] bool.
     answer: [Q] int32 answer token.
     true_slot: [Q, K] bool, slots holding the asked fact's own passage.
+    entity_slot: [Q, K] bool, slots holding any passage about the asked entity.
   """
   question: np.ndarray
   keys: np.ndarray
@@ -106,6 +107,7 @@ class QASet:
   mask: np.ndarray
   answer: np.ndarray
   true_slot: np.ndarray
+  entity_slot: np.ndarray
 
   def __len__(self) -> int:
     return int(self.answer.shape[0])
@@ -167,6 +169,7 @@ class RAGSystem:
 
   def qa_set(self, questions: Sequence[str], answers: Sequence[str],
              fact_ids: Sequence[int] | np.ndarray, *,
+             entities: Sequence[int] | np.ndarray | None = None,
              memory: retrieval.DocumentMemory | None = None,
              record_use: bool = False) -> tuple[QASet, np.ndarray]:
     """Retrieves passages for questions and builds the reader's arrays.
@@ -175,6 +178,8 @@ class RAGSystem:
       questions: Q question texts.
       answers: Q answer words ("unknown" for absent facts).
       fact_ids: Q memory ids of the facts asked about (-1 for none).
+      entities: Q entity indices asked about (default: the subjects of
+        `fact_ids` that are facts of the base, else -1).
       memory: the document memory to retrieve from (default: `self.memory`).
       record_use: record the retrieved slots as used.
 
@@ -185,11 +190,22 @@ class RAGSystem:
     got = memory.retrieve(list(questions), self.k, record_use=record_use, with_texts=False)
     keys, values, mask = memory.reader_memory(got)
     fact_ids = np.asarray(fact_ids, np.int64)
+    if entities is None:
+      entities = self._subject_of(fact_ids)
+    entities = np.asarray(entities, np.int64)
     qa = QASet(question=self.vocab.encode(list(questions), self.QUESTION_LEN),
                keys=keys.astype(np.int32), values=values.astype(np.int32), mask=mask,
                answer=np.asarray([self.answer_id(a) for a in answers], np.int32),
-               true_slot=(got.ids == fact_ids[:, None]) & (fact_ids[:, None] >= 0))
+               true_slot=(got.ids == fact_ids[:, None]) & (fact_ids[:, None] >= 0),
+               entity_slot=(self._subject_of(got.ids) == entities[:, None])
+               & (entities[:, None] >= 0))
     return qa, got.ids
+
+  def _subject_of(self, ids: np.ndarray) -> np.ndarray:
+    """Entity of each memory id that is a fact of the base; -1 otherwise."""
+    ids = np.asarray(ids, np.int64)
+    ok = (ids >= 0) & (ids < len(self.base))
+    return np.where(ok, self.base.subject[np.where(ok, ids, 0)], -1)
 
 
 def fact_questions(base: facts.FactBase, fact_ids: np.ndarray, rng: np.random.Generator, *,
@@ -294,21 +310,28 @@ def permute_words(arrays: Sequence[np.ndarray], pools: Sequence[np.ndarray],
 
 
 def _batch(qa: QASet, idx: np.ndarray, rng: np.random.Generator, drop_true: float,
-           unknown: int, pools: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
-  """A training batch; with probability `drop_true` a question loses its own passage.
+           unknown: int, pools: Sequence[np.ndarray] | None = None,
+           drop_entity: float = 0.0) -> dict[str, np.ndarray]:
+  """A training batch in which some questions lose the passages that answer them.
 
-  The question is then about a fact the memory does not hold, so its target
-  becomes "unknown": this teaches the reader to use the null slot, which is
-  what makes deleting a passage delete the fact. With `pools`, names and
-  values are renamed (`permute_words`).
+  With probability `drop_true` a question loses its own passage, with
+  probability `drop_entity` every passage about its entity. The question is
+  then about a fact the memory does not hold, so its target becomes
+  "unknown": this teaches the reader to use the null slot, which is what
+  makes deleting (or evicting) a passage forget the fact. With `pools`, names
+  and values are renamed (`permute_words`).
   """
   part = qa.take(idx)
   mask, answer = part.mask, part.answer
   question, keys, values = part.question, part.keys, part.values
-  if drop_true > 0:
-    drop = (rng.random(len(idx)) < drop_true) & part.true_slot.any(axis=1)
-    mask = mask & ~(drop[:, None] & part.true_slot)
-    answer = np.where(drop, unknown, answer).astype(np.int32)
+  if drop_true > 0 or drop_entity > 0:
+    u = rng.random(len(idx))
+    by_fact = (u < drop_true) & part.true_slot.any(axis=1)
+    by_entity = ((u >= drop_true) & (u < drop_true + drop_entity)
+                 & part.entity_slot.any(axis=1))
+    gone = (by_fact[:, None] & part.true_slot) | (by_entity[:, None] & part.entity_slot)
+    mask = mask & ~gone
+    answer = np.where(by_fact | by_entity, unknown, answer).astype(np.int32)
   if pools is not None:
     question, keys, values, answer = permute_words([question, keys, values, answer], pools, rng)
   return {"question": question, "keys": keys, "values": values,
@@ -326,7 +349,7 @@ def _adam(steps: int, learning_rate: float) -> optax.GradientTransformation:
 
 def train_reader(model: rag_reader.KVMemoryReader, train: QASet, *, steps: int,
                  batch_size: int, learning_rate: float, seed: int, use_memory: bool = True,
-                 drop_true: float = 0.0, unknown: int = 0,
+                 drop_true: float = 0.0, drop_entity: float = 0.0, unknown: int = 0,
                  pools: Sequence[np.ndarray] | None = None,
                  writer: metrics.MetricWriter | None = None, tag: str = "rag",
                  log_every: int = 100, step_offset: int = 0) -> dict[str, float]:
@@ -343,7 +366,7 @@ def train_reader(model: rag_reader.KVMemoryReader, train: QASet, *, steps: int,
   for step in range(1, steps + 1):
     idx = rng.integers(len(train), size=batch_size)
     batch = _batch(train, idx, rng, drop_true if use_memory else 0.0, unknown,
-                   pools if use_memory else None)
+                   pools if use_memory else None, drop_entity if use_memory else 0.0)
     loss, acc = _train_step(model, optimizer, batch, use_memory=use_memory)
     losses.append(loss)
     accs.append(acc)
@@ -378,7 +401,7 @@ def _questions_only(system: RAGSystem, base: facts.FactBase, fact_ids: np.ndarra
                values=np.broadcast_to(empty[..., :system.VALUE_LEN], (n, k, system.VALUE_LEN)),
                mask=np.zeros((n, k), bool),
                answer=np.asarray([system.answer_id(a) for a in answers], np.int32),
-               true_slot=np.zeros((n, k), bool))
+               true_slot=np.zeros((n, k), bool), entity_slot=np.zeros((n, k), bool))
 
 
 def stage_qa(config, base: facts.FactBase, system: RAGSystem,
@@ -392,7 +415,8 @@ def stage_qa(config, base: facts.FactBase, system: RAGSystem,
   q, a = fact_questions(base, train_facts, rng)
   qa_fact, _ = system.qa_set(q, a, train_facts)
   aq, absent_pairs = absent_questions(base, config.train.num_absent, rng)
-  qa_absent, _ = system.qa_set(aq, [facts.UNKNOWN] * len(aq), np.full(len(aq), -1))
+  qa_absent, _ = system.qa_set(aq, [facts.UNKNOWN] * len(aq), np.full(len(aq), -1),
+                               entities=[e for e, _ in absent_pairs])
   train = QASet.concat([qa_fact, qa_absent])
   train_pairs = [(int(base.subject[f]), int(base.relation[f])) for f in train_facts]
   train_pairs += absent_pairs
@@ -408,8 +432,15 @@ def stage_qa(config, base: facts.FactBase, system: RAGSystem,
   anywhere = rng.choice(len(base), size=n_eval, replace=False)
   q, a = fact_questions(base, anywhere, rng)
   eval_sets["all_facts"], _ = system.qa_set(q, a, anywhere)
-  aq, _ = absent_questions(base, config.eval.num_absent, rng)
-  eval_sets["absent"], _ = system.qa_set(aq, [facts.UNKNOWN] * len(aq), np.full(len(aq), -1))
+  aq, pairs = absent_questions(base, config.eval.num_absent, rng)
+  eval_sets["absent"], _ = system.qa_set(aq, [facts.UNKNOWN] * len(aq), np.full(len(aq), -1),
+                                         entities=[e for e, _ in pairs])
+  # The test questions once every passage about their entity is gone (as
+  # after a delete of the entity, or its eviction from a bounded memory).
+  gone = eval_sets["test"].take(np.flatnonzero(eval_sets["test"].entity_slot.any(axis=1)))
+  gone.mask = gone.mask & ~gone.entity_slot
+  gone.answer = np.full(len(gone), system.unknown, np.int32)
+  eval_sets["entity_removed"] = gone
   retrieval_s = time.perf_counter() - t0
   recall = float(np.mean(eval_sets["test"].true_slot.any(axis=1)))
   logging.info("retrieved for %d questions in %.1fs; test recall@%d = %.4f",
@@ -433,6 +464,7 @@ def stage_qa(config, base: facts.FactBase, system: RAGSystem,
     train_reader(model, data, steps=steps, batch_size=config.train.batch_size,
                  learning_rate=config.train.learning_rate, seed=config.seed,
                  use_memory=use_memory, drop_true=config.train.drop_true,
+                 drop_entity=config.train.drop_entity,
                  unknown=system.unknown, writer=writer, tag=tag,
                  pools=system.pools if config.train.permute_words else None,
                  log_every=config.train.log_every)
