@@ -463,11 +463,15 @@ class Retrieved(NamedTuple):
 
 
 def _bucket(n: int, cap: int) -> int:
-  """The padded batch size for n rows: a power of two >= 8, at most `cap`."""
-  size = 8
-  while size < n and size < cap:
-    size *= 2
-  return min(size, max(cap, 8))
+  """The padded batch size for n <= cap rows: 8, 128 or cap, the first that holds n.
+
+  Few sizes means few compilations (each costs a second or so); the price is
+  some padding.
+  """
+  for size in (8, 128):
+    if n <= size < cap:
+      return size
+  return max(cap, 8)
 
 
 # The store's functions, compiled once per shape. The edits donate the old

@@ -44,7 +44,7 @@ def shrink(c):
   c.retrieval.dim = 256
   c.model.dim = 64
   c.closed_book_all_steps = 300
-  c.train.update(dict(num_questions=1_000, num_absent=150, steps=300, batch_size=128,
+  c.train.update(dict(num_questions=1_000, num_absent=150, steps=400, batch_size=128,
                       learning_rate=1e-2, log_every=100))
   c.eval.update(dict(num_questions=300, num_absent=100))
   c.editing.update(dict(num_edits=40, locality_size=200, finetune_steps=40))

@@ -240,10 +240,17 @@ def absent_questions(base: facts.FactBase, count: int, rng: np.random.Generator
 # ----------------------------------------------------------------------------- training
 
 
+@functools.partial(nnx.jit, static_argnums=(0, 1, 2, 3))
+def _build_reader(vocab_size, dim, hops, tie_output, key):
+  return rag_reader.KVMemoryReader(vocab_size, dim, hops=hops, tie_output=tie_output,
+                                   rngs=nnx.Rngs(key))
+
+
 def make_reader(vocab_size: int, config: ml_collections.ConfigDict,
                 seed: int) -> rag_reader.KVMemoryReader:
-  return rag_reader.KVMemoryReader(vocab_size, config.model.dim, hops=config.model.hops,
-                                   tie_output=config.model.tie_output, rngs=nnx.Rngs(seed))
+  """A fresh reader, built under `nnx.jit`: one compilation per shape, not one per initialiser."""
+  return _build_reader(vocab_size, config.model.dim, config.model.hops,
+                       bool(config.model.tie_output), jax.random.key(seed))
 
 
 def _loss(model, batch, use_memory):
@@ -274,8 +281,8 @@ def predict(model: rag_reader.KVMemoryReader, qa: QASet, *, use_memory: bool = T
   out = np.zeros(len(qa), np.int32)
   for start in range(0, len(qa), batch_size):
     part = qa.take(np.arange(start, min(start + batch_size, len(qa))))
-    # Pad to a power of two, so that few shapes are ever compiled.
-    pad = min(batch_size, 1 << max(len(part) - 1, 1).bit_length()) - len(part)
+    # Pad to 128 or `batch_size` rows, so that few shapes are ever compiled.
+    pad = (128 if len(part) <= 128 < batch_size else batch_size) - len(part)
     arrays = [np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
               for a in (part.question, part.keys, part.values, part.mask)]
     out[start:start + len(part)] = np.asarray(
