@@ -21,7 +21,7 @@ def get_config(arg=None):
   c.retrieval = ml_collections.ConfigDict(dict(dim=1024, ngrams=2, k=8))
   c.model = ml_collections.ConfigDict(dict(dim=128, hops=2, tie_output=True))
   c.train = ml_collections.ConfigDict(dict(
-      num_questions=20_000, num_absent=2_000, steps=4_000, batch_size=256,
+      num_questions=20_000, num_absent=2_000, steps=8_000, batch_size=256,
       learning_rate=3e-3, drop_true=0.1, drop_entity=0.1, permute_words=True,
       log_every=200))
   c.eval = ml_collections.ConfigDict(dict(num_questions=5_000, num_absent=1_000))

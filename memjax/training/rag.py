@@ -527,8 +527,12 @@ def _edit_scores(prefix: str, edits: Sequence[facts.Edit], edit_index: np.ndarra
     sel = np.asarray([edits[i].kind == kind for i in edit_index])
     if sel.any():
       out[f"{prefix}/efficacy_{kind}"] = float(hit[sel].mean())
-  out[f"{prefix}/generalisation"] = _accuracy(after["generalisation"],
-                                              sets["generalisation"].answer)
+  general = after["generalisation"] == sets["generalisation"].answer
+  out[f"{prefix}/generalisation"] = float(general.mean())
+  for kind in ("insert", "update", "delete"):
+    sel = np.repeat([e.kind == kind for e in edits], 2)  # two paraphrases per edit
+    if sel.any():
+      out[f"{prefix}/generalisation_{kind}"] = float(general[sel].mean())
   out[f"{prefix}/locality"] = float(np.mean(before["local"] == after["local"]))
   out[f"{prefix}/locality_same_entity"] = float(np.mean(before["near"] == after["near"]))
   out[f"{prefix}/local_accuracy"] = _accuracy(after["local"], sets["local"].answer)
