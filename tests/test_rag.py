@@ -136,6 +136,10 @@ def test_validate_config():
   with pytest.raises(ValueError, match="capacity"):
     rag.validate_config(bad)
   bad = rag_qa.get_config("smoke")
+  bad.train.drop_entity = 0.95
+  with pytest.raises(ValueError, match="drop_entity"):
+    rag.validate_config(bad)
+  bad = rag_qa.get_config("smoke")
   bad.stages = ("qa", "nope")
   with pytest.raises(ValueError, match="stages"):
     rag.validate_config(bad)

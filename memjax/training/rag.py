@@ -8,18 +8,21 @@
    (`memjax.nn.rag_reader.KVMemoryReader`) on the passages retrieved for each
    question; the same reader is trained without retrieval for comparison.
    Test questions are about facts no training question asked about.
-2. **editing**: applies random edits (insert, update, delete) to the memory
-   only and measures efficacy (the edited question gets the new answer),
-   generalisation (paraphrased questions do too), locality (answers to
-   unedited facts do not change) and the time per edit; then makes the same
-   edits by fine-tuning the reader's weights (memory unedited) and measures
-   the same, plus the forgetting on unedited facts.
+2. **editing**: draws random edits (insert, update, delete); makes them by
+   fine-tuning copies of the reader's weights (memory unedited; plain, and
+   with replay of the original training questions), then by editing the
+   memory only, one edit at a time, timed. For each it measures efficacy
+   (the edited question gets the new answer), generalisation (paraphrased
+   questions do too), locality (answers to unedited facts do not change) and
+   the accuracy left on unedited test facts (the forgetting).
 3. **bounded**: streams the facts into a memory smaller than the fact base,
    with an eviction policy, and checks at intervals that the memory holds
    exactly what the policy says it should, that recent facts are answered,
    and that evicted facts are answered "unknown".
 
-Metrics go to `workdir/metrics.jsonl`, the summary to `workdir/results.json`.
+The qa stage always runs (the other stages use its reader). Metrics go to
+`workdir/metrics.jsonl`, the summary to `workdir/results.json`. Nothing is
+checkpointed: the whole run takes minutes, and running it again starts over.
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"facts.num_facts={config.facts.num_facts} (test facts are unseen in "
                      f"training); got {config.train.num_questions} + "
                      f"{config.eval.num_questions}")
-  if not 0.0 <= config.train.drop_true < 1.0:
-    raise ValueError(f"train.drop_true must be in [0, 1); got {config.train.drop_true}")
+  drops = (config.train.drop_true, config.train.drop_entity)
+  if min(drops) < 0 or sum(drops) >= 1:
+    raise ValueError("train.drop_true and train.drop_entity must be >= 0 with a sum below 1; "
+                     f"got {drops}")
   if "editing" in config.stages:
     positive("editing.num_edits", config.editing.num_edits)
   if "bounded" in config.stages:
