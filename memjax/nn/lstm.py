@@ -1,0 +1,68 @@
+"""A plain LSTM baseline with the interface of the memory cells.
+
+`LSTMCell` maps (carry, x) to (carry, logits) like `NTMCell` and `DNCCell`,
+so the algorithmic-task trainer runs all three the same way.
+
+Shape legend: B batch, I input features, O output features, C units per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memjax.nn import controllers
+
+
+class LSTMCell(nnx.RNNCellBase):
+  """Stacked LSTM layers and a linear read-out to logits.
+
+  Args:
+    in_features: I.
+    out_features: O.
+    hidden_size: C, units per layer.
+    num_layers: how many LSTM layers are stacked.
+    clip_value: the logits are clipped to [-clip_value, clip_value]; None: no clip.
+    rngs: parameter initialisation.
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, hidden_size: int = 256,
+               num_layers: int = 1, clip_value: float | None = 20.0, rngs: nnx.Rngs):
+    if not isinstance(hidden_size, int) or hidden_size < 1:
+      raise ValueError(f"hidden_size must be an integer >= 1; got {hidden_size!r}")
+    if not isinstance(num_layers, int) or num_layers < 1:
+      raise ValueError(f"num_layers must be an integer >= 1; got {num_layers!r}")
+    self.in_features = in_features
+    self.out_features = out_features
+    self.clip_value = clip_value
+    sizes = [in_features] + [hidden_size] * num_layers
+    self.layers = nnx.List([controllers.LSTMController(sizes[i], hidden_size, rngs=rngs)
+                            for i in range(num_layers)])
+    self.output = nnx.Linear(hidden_size, out_features, rngs=rngs)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+  def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None,
+                       carry_init: Any = None) -> tuple[controllers.LSTMState, ...]:
+    """Zero states, one `LSTMState` per layer, for inputs shaped `input_shape`."""
+    del rngs, carry_init
+    batch = tuple(input_shape[:-1])
+    return tuple(layer.initial_state(batch) for layer in self.layers)
+
+  def __call__(self, carry: tuple[controllers.LSTMState, ...],
+               inputs: jax.Array) -> tuple[tuple[controllers.LSTMState, ...], jax.Array]:
+    """One step: inputs [B, I] -> (new carry, [B, O] logits)."""
+    h = inputs
+    states = []
+    for layer, state in zip(self.layers, carry):
+      state, h = layer(state, h)
+      states.append(state)
+    y = self.output(h)
+    if self.clip_value is not None:
+      y = jnp.clip(y, -self.clip_value, self.clip_value)
+    return tuple(states), y

@@ -1,0 +1,471 @@
+"""Trainer for the NTM paper's algorithmic tasks: NTM, DNC and LSTM models.
+
+`train_and_evaluate(config, workdir)` trains until `num_steps` or until the
+moving average of bit errors per sequence (over the last `error_window`
+sequences) drops below `stop_at_bit_errors`, then evaluates on longer
+sequences than it trained on, prints a table and writes plots.
+
+Exact resume. Batch `s` is drawn from `rng_for(seed, s)` (NumPy, on the
+host), the training state (parameters, optimizer state, step, the moving
+window of errors) is checkpointed every `checkpoint_every` steps and when the
+process gets SIGTERM or Ctrl-C, and a rerun on the same workdir restores the
+newest good checkpoint and truncates metrics.jsonl to it. The resumed run
+then computes the same numbers, bit for bit on a CPU, as a run that never
+stopped.
+
+Speed. One jitted call runs `steps_per_call` training steps (a `lax.scan`
+over steps around the `lax.scan` over time), all batches share one padded
+shape (no recompiles), each time step is rematerialised in the backward pass,
+and the next batches are generated on the host while the device computes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from memjax.nn import dnc
+from memjax.nn import lstm
+from memjax.nn import ntm
+from memjax.nn import sequence
+from memjax.tasks import algorithmic as tasks
+from memjax.training import checkpoint
+from memjax.training import metrics
+from memjax.training import plotting
+
+MODELS = ("ntm", "dnc", "lstm")
+OPTIMIZERS = ("adam", "rmsprop")
+# XLA:CPU's YNN library fusions turn the small reductions of the memory
+# write's backward pass into kernels ~100x slower than the plain emitter.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _process_start_time() -> float:
+  """Wall-clock time at which this process was launched (Linux), else now."""
+  try:
+    with open("/proc/self/stat") as f:
+      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
+  except (OSError, ValueError, IndexError):
+    return time.time()
+
+
+def compiler_options() -> dict[str, str] | None:
+  return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+
+
+# ----------------------------------------------------------------------------- config
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults: NTM (LSTM controller, 128 x 20 memory) on copy 1-20, Adam, stop at 0.1 bit errors."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "algorithmic"
+  c.seed = 0
+  c.task = ml_collections.ConfigDict({"name": "copy", "bits": 8, "min_length": 1,
+                                      "max_length": 20})
+  c.model = ml_collections.ConfigDict({
+      "name": "ntm", "memory_size": 128, "word_size": 20, "num_read_heads": 1,
+      "num_write_heads": 1, "shift_range": 1, "controller": "lstm", "controller_size": 100,
+      "memory_init": "constant", "clip_value": 20.0})
+  c.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3,
+                                           "grad_clip_norm": 10.0})
+  c.batch_size = 16
+  c.num_steps = 20000            # upper bound; the stopping criterion usually ends sooner
+  c.steps_per_call = 25          # training steps per jitted call
+  c.log_every = 100
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.error_window = 1000          # sequences in the moving average of bit errors
+  c.stop_at_bit_errors = 0.1     # None: train for num_steps
+  c.remat = True
+  c.scan_groups = 1              # independent scans over batch parts (cores run them at once)
+  c.eval_lengths = (20, 40, 60, 80, 100)
+  c.eval_batch_size = 32
+  c.eval_batches = 2
+  c.plots = True
+  return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to run in seconds on a CPU and save several checkpoints."""
+  if c.model.name == "lstm":
+    c.model.hidden_size = 16
+  else:
+    c.model.memory_size = 16
+    c.model.word_size = 6
+    c.model.controller_size = 16
+  c.batch_size = 4
+  c.num_steps = 60
+  c.steps_per_call = 5
+  c.log_every = 5
+  c.checkpoint_every = 10
+  c.error_window = 20
+  c.eval_batch_size = 4
+  c.eval_batches = 1
+  return c
+
+
+
+def _positive_int(config, name: str) -> None:
+  value = config.get(name)
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+
+
+def make_task(config: ml_collections.ConfigDict):
+  """The task described by `config.task` (its `name` and the task's own options)."""
+  options = dict(config.task)
+  name = options.pop("name", None)
+  if name not in tasks.TASKS:
+    raise ValueError(f"task.name must be one of {tasks.TASKS}; got {name!r}")
+  try:
+    return tasks.make_task(name, **options)
+  except TypeError as e:
+    raise ValueError(f"bad option for task {name!r}: {e}") from e
+
+
+def _model_options(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
+  options = dict(config.model)
+  name = options.pop("name", None)
+  if name not in MODELS:
+    raise ValueError(f"model.name must be one of {MODELS}; got {name!r}")
+  return name, options
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError with a one-line message on the first bad value; compiles nothing."""
+  task = make_task(config)
+  name, options = _model_options(config)
+  if name in ("ntm", "dnc"):
+    defaults = {"memory_size": 128, "word_size": 20, "num_read_heads": 1, "num_write_heads": 1,
+                "controller_size": 100, "memory_init": "constant", "controller": "lstm"}
+    allowed = set(defaults) | {"shift_range", "clip_value"}
+    if name == "dnc":
+      allowed.discard("shift_range")
+      allowed.discard("num_write_heads")
+    unknown = set(options) - allowed
+    if unknown:
+      raise ValueError(f"unknown option(s) for model {name!r}: {sorted(unknown)}")
+    merged = {**defaults, **options}
+    ntm.validate_memory_options(
+        merged["memory_size"], merged["word_size"], merged["num_read_heads"],
+        merged["num_write_heads"], merged["controller_size"], merged["memory_init"],
+        merged["controller"], merged.get("shift_range", 1) if name == "ntm" else None)
+  else:
+    unknown = set(options) - {"hidden_size", "num_layers", "clip_value"}
+    if unknown:
+      raise ValueError(f"unknown option(s) for model 'lstm': {sorted(unknown)}")
+    for key in ("hidden_size", "num_layers"):
+      value = options.get(key, 1)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"model.{key} must be an integer >= 1; got {value!r}")
+  clip = options.get("clip_value", 20.0)
+  if clip is not None and not clip > 0:
+    raise ValueError(f"model.clip_value must be > 0 or None; got {clip!r}")
+  for key in ("batch_size", "num_steps", "steps_per_call", "log_every", "checkpoint_every",
+              "keep_checkpoints", "error_window", "eval_batch_size", "eval_batches"):
+    _positive_int(config, key)
+  groups = config.get("scan_groups", 1)
+  if not isinstance(groups, int) or groups < 1 or config.batch_size % groups:
+    raise ValueError(f"scan_groups must be an integer >= 1 dividing batch_size="
+                     f"{config.batch_size}; got {groups!r}")
+  for key in ("num_steps", "log_every", "checkpoint_every"):
+    if config[key] % config.steps_per_call:
+      raise ValueError(f"{key}={config[key]} must be a multiple of "
+                       f"steps_per_call={config.steps_per_call}")
+  if config.optimizer.name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}; got "
+                     f"{config.optimizer.name!r}")
+  if not config.optimizer.learning_rate > 0:
+    raise ValueError(f"optimizer.learning_rate must be > 0; got "
+                     f"{config.optimizer.learning_rate!r}")
+  clip_norm = config.optimizer.get("grad_clip_norm")
+  if clip_norm is not None and not clip_norm > 0:
+    raise ValueError(f"optimizer.grad_clip_norm must be > 0 or None; got {clip_norm!r}")
+  stop = config.get("stop_at_bit_errors")
+  if stop is not None and not stop >= 0:
+    raise ValueError(f"stop_at_bit_errors must be >= 0 or None; got {stop!r}")
+  for length in config.eval_lengths:
+    if not isinstance(length, int) or length < 1:
+      raise ValueError(f"eval_lengths must hold integers >= 1; got {list(config.eval_lengths)}")
+  if not isinstance(config.seed, int):
+    raise ValueError(f"seed must be an integer; got {config.seed!r}")
+  del task
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_cell(config: ml_collections.ConfigDict, task, rngs: nnx.Rngs) -> nnx.RNNCellBase:
+  """The NTM, DNC or LSTM cell that `config.model` describes, sized for `task`."""
+  name, options = _model_options(config)
+  cls = {"ntm": ntm.NTMCell, "dnc": dnc.DNCCell, "lstm": lstm.LSTMCell}[name]
+  return cls(task.input_size, task.output_size, rngs=rngs, **options)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam or RMSProp (with momentum), after clipping by global norm."""
+  opt = config.optimizer
+  if opt.name == "adam":
+    base = optax.adam(opt.learning_rate)
+  else:
+    base = optax.rmsprop(opt.learning_rate, decay=opt.get("decay", 0.95),
+                         momentum=opt.get("momentum", 0.9), eps=opt.get("eps", 1e-6),
+                         centered=True)
+  if opt.get("grad_clip_norm") is None:
+    return base
+  return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), base)
+
+
+def sequence_loss(logits: jax.Array, batch: tasks.Batch) -> tuple[jax.Array, jax.Array]:
+  """Masked sigmoid cross-entropy (nats per scored bit) and bit errors per sequence [B]."""
+  xent = optax.sigmoid_binary_cross_entropy(logits, batch.targets)
+  mask = batch.mask[..., None]
+  loss = jnp.sum(xent * mask) / jnp.maximum(jnp.sum(mask) * logits.shape[-1], 1.0)
+  return loss, tasks.bit_errors(logits, batch.targets, batch.mask)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run builds from its config: task, model split into graph and state, steps."""
+  config: ml_collections.ConfigDict
+  task: Any
+  graphdef: Any
+  params: Any
+  optimizer: optax.GradientTransformation
+  train_chunk: Any
+  evaluate: Any
+  time_steps: int
+  eval_time_steps: int
+
+  def cell(self, params=None) -> nnx.RNNCellBase:
+    return nnx.merge(self.graphdef, self.params if params is None else params)
+
+  def batches(self, first_step: int, count: int) -> tasks.Batch:
+    """Training batches `first_step .. first_step + count - 1`, stacked: [count, B, T, ...]."""
+    parts = [self.task.sample(tasks.rng_for(self.config.seed, s), self.config.batch_size,
+                              time_steps=self.time_steps)
+             for s in range(first_step, first_step + count)]
+    return tasks.Batch(*(np.stack(x) for x in zip(*parts)))
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Builds the task, the model and the jitted train/eval functions of `config`."""
+  task = make_task(config)
+  cell = build_cell(config, task, nnx.Rngs(config.seed))
+  graphdef, params = nnx.split(cell)
+  optimizer = make_optimizer(config)
+  remat = bool(config.get("remat", True))
+  time_steps = task.time_steps()
+  eval_time_steps = max([time_steps] + [task.time_steps(n) for n in config.eval_lengths])
+
+  groups = int(config.get("scan_groups", 1))
+
+  def loss_fn(params, batch):
+    # With scan_groups > 1 the batch is split into independent scans, which XLA:CPU
+    # can run on different cores at once; the arithmetic is unchanged.
+    cell = nnx.merge(graphdef, params)
+    parts = jnp.split(batch.inputs, groups) if groups > 1 else [batch.inputs]
+    logits = jnp.concatenate([sequence.run_cell(cell, x, remat=remat)[1] for x in parts])
+    return sequence_loss(logits, batch)
+
+  def one_step(state, batch):
+    params, opt_state = state
+    (loss, errors), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state), (loss, errors)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1), compiler_options=compiler_options())
+  def train_chunk(params, opt_state, batches):
+    (params, opt_state), (loss, errors) = jax.lax.scan(one_step, (params, opt_state), batches)
+    return params, opt_state, loss, errors
+
+  @functools.partial(jax.jit, compiler_options=compiler_options())
+  def evaluate(params, batch):
+    _, logits, _ = sequence.run_cell(nnx.merge(graphdef, params), batch.inputs)
+    return sequence_loss(logits, batch)[1]
+
+  return Experiment(config, task, graphdef, params, optimizer, train_chunk, evaluate,
+                    time_steps, eval_time_steps)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _initial_state(exp: Experiment) -> dict[str, Any]:
+  window = exp.config.error_window
+  return {
+      "params": exp.params,
+      "opt_state": exp.optimizer.init(exp.params),
+      "step": np.asarray(0, np.int64),
+      "recent_errors": np.full((window,), np.nan, np.float32),
+      "wall_time": np.asarray(0.0, np.float64),
+      "converged_step": np.asarray(-1, np.int64),
+  }
+
+
+def evaluate_lengths(exp: Experiment, params, lengths) -> dict[int, float]:
+  """Mean bit errors per sequence at each length (fixed seed, stream 1)."""
+  cfg = exp.config
+  results = {}
+  for length in lengths:
+    errors = []
+    for i in range(cfg.eval_batches):
+      batch = exp.task.sample(tasks.rng_for(cfg.seed, i, stream=1 + int(length)),
+                              cfg.eval_batch_size, length=int(length),
+                              time_steps=exp.eval_time_steps)
+      errors.append(np.asarray(exp.evaluate(params, tasks.Batch(*batch))))
+    results[int(length)] = float(np.mean(np.concatenate(errors)))
+  return results
+
+
+def _plot_example(exp: Experiment, params, workdir: str) -> list[str]:
+  """Learning curve, and (NTM/DNC) one sequence's weightings and memory."""
+  paths = [plotting.plot_learning_curve(
+      os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "learning_curve.png"),
+      y=("loss", "bit_errors_per_sequence"), x="sequences",
+      title=f"{exp.config.model.name} on {exp.config.task.name}")]
+  if exp.config.model.name not in ("ntm", "dnc"):
+    return paths
+  batch = exp.task.sample(tasks.rng_for(exp.config.seed, 0, stream=2), 1)
+  cell = exp.cell(params)
+  _, logits, (ww, rw, mem) = sequence.run_cell(
+      cell, jnp.asarray(batch.inputs),
+      collect=lambda c: (c.write_weights, c.read_weights, c.memory))
+  scored = np.nonzero(batch.mask[0])[0]
+  steps = int(scored.max()) + 1 if scored.size else batch.mask.shape[1]  # drop the padding
+  paths.append(plotting.plot_episode(
+      os.path.join(workdir, "episode.png"), inputs=batch.inputs[0, :steps],
+      targets=batch.targets[0, :steps], outputs=np.asarray(jax.nn.sigmoid(logits[0, :steps])),
+      write_weights=np.asarray(ww[:steps, 0]), read_weights=np.asarray(rw[:steps, 0]),
+      memory=np.asarray(mem[steps - 1, 0]),
+      title=f"{exp.config.model.name} on {exp.config.task.name}: one sequence"))
+  return paths
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from `workdir` if it holds a checkpoint), evaluates, plots.
+
+  Returns:
+    A summary: final step, whether and when the stopping criterion was met,
+    the moving-average bit errors and the evaluation table.
+  """
+  launched = _process_start_time()
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  exp = build(config)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 max_to_keep=config.keep_checkpoints)
+  state = _initial_state(exp)
+  restored = ckpt.restore_latest(state)
+  previous_wall = 0.0
+  if restored is not None:
+    _, state = restored
+    previous_wall = float(state["wall_time"])
+    logging.info("resuming at step %d", int(state["step"]))
+  step = int(state["step"])
+  writer = metrics.MetricWriter(os.path.join(workdir, "metrics.jsonl"),
+                                resume_step=step if restored is not None else 0)
+  params, opt_state = state["params"], state["opt_state"]
+  window = collections.deque((e for e in state["recent_errors"] if np.isfinite(e)),
+                             maxlen=config.error_window)
+  converged_step = int(state["converged_step"])
+  trained_before = converged_step >= 0 or step >= config.num_steps
+  b, k = config.batch_size, config.steps_per_call
+  stop_at = config.get("stop_at_bit_errors")
+  wall = lambda: previous_wall + time.time() - launched
+
+  def snapshot(at_step):
+    recent = np.full((config.error_window,), np.nan, np.float32)
+    if window:
+      recent[-len(window):] = np.asarray(window, np.float32)
+    return {"params": params, "opt_state": opt_state, "step": np.asarray(at_step, np.int64),
+            "recent_errors": recent, "wall_time": np.asarray(wall(), np.float64),
+            "converged_step": np.asarray(converged_step, np.int64)}
+
+  progress = metrics.Progress(config.num_steps, step)
+  losses = []
+  stopped_by_signal = None
+  with checkpoint.GracefulStop() as stop:
+    upcoming = exp.batches(step, k) if step < config.num_steps and converged_step < 0 else None
+    while upcoming is not None:
+      params, opt_state, loss, errors = exp.train_chunk(params, opt_state, upcoming)
+      step += k
+      done = step >= config.num_steps
+      upcoming = None if done else exp.batches(step, k)  # overlaps with the device's work
+      loss, errors = np.asarray(loss), np.asarray(errors)
+      losses.extend(loss.tolist())
+      window.extend(errors.reshape(-1).tolist())
+      average = float(np.mean(window))
+      full = len(window) == config.error_window
+      if stop_at is not None and full and average < stop_at:
+        converged_step = step
+        upcoming = None
+      if not np.all(np.isfinite(loss)):
+        logging.error("non-finite loss at step %d; stopping", step)
+        upcoming = None
+      if step % config.log_every == 0 or upcoming is None:
+        row = writer.write(step, sequences=step * b, wall_time=wall(),
+                           loss=float(np.mean(losses)), bit_errors_per_sequence=average,
+                           **({"converged": True} if converged_step == step else {}))
+        progress.log(step, loss=row["loss"], bit_errors=average)
+        losses = []
+      if step % config.checkpoint_every == 0 or upcoming is None or stop.requested:
+        ckpt.save(step, snapshot(step))
+      if stop.requested and upcoming is not None:
+        stopped_by_signal = stop.requested
+        break
+  summary: dict[str, Any] = {"step": step, "converged_step": converged_step,
+                             "bit_errors_per_sequence": float(np.mean(window)) if window
+                             else float("nan"), "wall_time": wall()}
+  if converged_step >= 0:
+    when = ("earlier run" if trained_before else
+            f"{summary['wall_time']:.1f} s after launch")
+    print(f"converged at step {converged_step} ({converged_step * b} sequences, "
+          f"{when}): below {stop_at} bit errors per sequence", flush=True)
+  print(f"final bit errors per sequence (moving average over the last {len(window)} "
+        f"sequences): {summary['bit_errors_per_sequence']:.3f} at step {step}", flush=True)
+  if stopped_by_signal is not None:
+    print(f"stopped at step {step} by signal {stopped_by_signal}; checkpoint saved, run the "
+          "same command again to resume", flush=True)
+    ckpt.close()
+    summary["stopped"] = True
+    return summary
+  ckpt.close()
+  lengths = list(config.eval_lengths)
+  if lengths:
+    results = evaluate_lengths(exp, params, lengths)
+    print(f"\ngeneralisation ({config.model.name} on {config.task.name}, trained on "
+          f"{_trained_range(exp.task)}, {config.eval_batches * config.eval_batch_size} "
+          "sequences per length):")
+    print("| length | bit errors per sequence |\n| ---: | ---: |")
+    for length, value in results.items():
+      print(f"| {length} | {value:.3f} |")
+      writer.write(step, eval_length=length, bit_errors_per_sequence=value)
+    summary["eval"] = results
+  if config.get("plots", True):
+    summary["plots"] = _plot_example(exp, params, workdir)
+  return summary
+
+
+def _trained_range(task) -> str:
+  if hasattr(task, "min_length"):
+    return f"lengths {task.min_length}-{task.max_length}"
+  if hasattr(task, "min_items"):
+    return f"{task.min_items}-{task.max_items} items"
+  return f"{task.num_inputs} inputs"

@@ -1,0 +1,412 @@
+"""Trains a `MemoryTransformer` on long-range retrieval and measures accuracy against distance.
+
+Training uses short sequences (a few segments) with pairs and queries at
+random places, in phases of growing length: the first, shorter than the
+local window, lets attention learn the induction-style lookup; the later ones
+put many answers beyond the window, so the memory path and its gate learn to
+take over. Evaluation then runs much longer sequences, with an external
+memory of any size (16k, 64k tokens), at distances chosen independently of
+the training length, with and without the external memory (same weights).
+
+Outputs in the workdir: `metrics.jsonl` (training rows, then one row per
+evaluation suite and distance), `accuracy_vs_distance.png`, `params.npz`
+(the trained weights, reloaded by `load_params`).
+
+The batch is split over a one-axis device mesh ('data'); the parameters are
+replicated, so the same code runs on one CPU or on many accelerators.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from memjax.nn import transformer
+from memjax.tasks import retrieval
+from memjax.training import metrics
+
+PLOT_FILE = "accuracy_vs_distance.png"
+PARAMS_FILE = "params.npz"
+
+
+def vocab_from_config(config: ml_collections.ConfigDict) -> retrieval.RetrievalVocab:
+  v = config.vocab
+  return retrieval.RetrievalVocab(num_keys=v.num_keys, num_values=v.num_values,
+                                  num_filler=v.num_filler)
+
+
+def create_model(config: ml_collections.ConfigDict,
+                 segment_length: int | None = None) -> transformer.MemoryTransformer:
+  """The model a config describes, initialised from `config.seed`."""
+  m = config.model
+  return transformer.MemoryTransformer(
+      vocab_from_config(config).size, m.features, m.num_layers, m.num_heads,
+      window=m.window, memory_layers=tuple(m.memory_layers),
+      segment_length=segment_length or config.train.segment_length, top_k=m.top_k,
+      num_memory_slots=m.num_memory_slots, key_conv=m.key_conv,
+      mlp_features=m.mlp_features or None, qk_scale_init=m.qk_scale_init or None,
+      rngs=nnx.Rngs(config.seed))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on a config that cannot run, before anything compiles."""
+  m, t = config.model, config.train
+  if m.features % m.num_heads:
+    raise ValueError(f"model.features={m.features} must be divisible by "
+                     f"model.num_heads={m.num_heads}")
+  if not t.phases:
+    raise ValueError("train.phases must list at least one (steps, length, batch)")
+  for phase in t.phases:
+    if len(phase) != 3:
+      raise ValueError(f"each train phase must be (steps, length, batch); got {phase!r}")
+    steps, length, batch = phase
+    if steps < 1 or batch < 1:
+      raise ValueError(f"train phase {phase!r}: steps and batch must be >= 1")
+    if length % t.segment_length:
+      raise ValueError(f"train phase {phase!r}: length must be a multiple of "
+                       f"train.segment_length={t.segment_length}")
+    if length < 4 * t.max_pairs:
+      raise ValueError(f"train phase {phase!r}: length must be at least 4 * train.max_pairs="
+                       f"{4 * t.max_pairs}")
+    if t.memory_size < m.top_k:
+      raise ValueError(f"train.memory_size={t.memory_size} must be at least "
+                       f"model.top_k={m.top_k}")
+  vocab = vocab_from_config(config)
+  if t.max_pairs > vocab.num_keys:
+    raise ValueError(f"train.max_pairs={t.max_pairs} exceeds vocab.num_keys={vocab.num_keys}")
+  for name, suite in config.eval.suites.items():
+    total = len(suite.distances) * suite.pairs_per_distance
+    if total > vocab.num_keys:
+      raise ValueError(f"eval suite {name!r}: {len(suite.distances)} distances x "
+                       f"{suite.pairs_per_distance} pairs exceed vocab.num_keys="
+                       f"{vocab.num_keys}")
+    if suite.use_memory and suite.memory_size < m.top_k:
+      raise ValueError(f"eval suite {name!r}: memory_size must be at least model.top_k")
+  _suites_to_run(config)
+
+
+def masked_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean cross-entropy over the scored (query) positions."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+# Per-head scalars whose useful values are far from their initial ones (a gate
+# near 0 or 1, a sharp query-key scale): Adam moves a parameter by about one
+# learning rate per step, so they get a larger one.
+SCALAR_PARAMS = ("gate", "log_scale")
+
+
+def _labels(params):
+  def label(path, _):
+    names = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+    return "scalar" if names & set(SCALAR_PARAMS) else "default"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Clipping, then AdamW with warmup and cosine decay; `SCALAR_PARAMS` at a higher rate."""
+  t = config.train
+  total = sum(phase[0] for phase in t.phases)
+
+  def adamw(peak):
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, peak, min(t.warmup_steps, max(total - 1, 1)), max(total, 2),
+        end_value=peak * t.final_lr_fraction)
+    return optax.adamw(schedule, weight_decay=t.weight_decay)
+
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip),
+      optax.multi_transform({"default": adamw(t.learning_rate),
+                             "scalar": adamw(t.learning_rate * t.scalar_lr_multiplier)},
+                            _labels))
+
+
+def phase_memory_size(config: ml_collections.ConfigDict, length: int) -> int:
+  """Memory slots for training sequences of `length` tokens.
+
+  A training sequence is one document, so its memory never holds more than
+  `length - segment_length` items; a larger table would only cost lookups.
+  """
+  t = config.train
+  return max(min(t.memory_size, length - t.segment_length), config.model.top_k)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, window: int):
+  """A jitted step: (params, opt_state, batch arrays, memory size) -> (params, opt_state, stats)."""
+
+  def loss_fn(params, tokens, targets, mask, distances, memory_size):
+    model = nnx.merge(graphdef, params)
+    state = model.init_state(tokens.shape[0], memory_size)
+    logits, _ = model(tokens, state)
+    loss = masked_loss(logits, targets, mask)
+    correct = (jnp.argmax(logits, -1) == targets) & mask
+    near = mask & (distances < window)
+    far = mask & (distances >= window)
+    stats = {"correct_near": jnp.sum(correct & near), "count_near": jnp.sum(near),
+             "correct_far": jnp.sum(correct & far), "count_far": jnp.sum(far)}
+    return loss, stats
+
+  @functools.partial(jax.jit, static_argnames="memory_size")
+  def step(params, opt_state, tokens, targets, mask, distances, memory_size):
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, tokens, targets, mask, distances, memory_size)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": loss, **stats}
+
+  return step
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_segment_fn(graphdef, use_memory: bool):
+  @functools.partial(jax.jit, donate_argnums=(1,))
+  def run(params, state, tokens):
+    model = nnx.merge(graphdef, params)
+    logits, state = model.segment(tokens, state, use_memory=use_memory)
+    return jnp.argmax(logits, -1).astype(jnp.int32), state
+  return run
+
+
+def evaluate(model: transformer.MemoryTransformer, batch: retrieval.RetrievalBatch, *,
+             memory_size: int, use_memory: bool = True, segment_length: int | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> dict[int, tuple[int, int]]:
+  """Runs the model over long sequences segment by segment; scores the queries.
+
+  Args:
+    model: a trained model.
+    batch: an `evaluation_batch` (its length a multiple of `segment_length`).
+    memory_size: N, memory slots per sequence and head.
+    use_memory: False evaluates the same weights without external memory.
+    segment_length: tokens per step (default: the model's segment length).
+    mesh: optional 'data' mesh to split the batch over.
+
+  Returns:
+    {distance: (correct, count)}.
+  """
+  s = segment_length or model.segment_length
+  graphdef, params = nnx.split(model)
+  run = _eval_segment_fn(graphdef, use_memory)
+  tokens = np.asarray(batch.tokens)
+  b, length = tokens.shape
+  if length % s:
+    raise ValueError(f"batch length {length} must be a multiple of segment_length={s}")
+  state = model.init_state(b, memory_size if use_memory else None)
+  if mesh is not None:
+    params = transformer.replicate(params, mesh)
+    state = transformer.shard_batch(state, mesh)
+  predictions = []
+  for start in range(0, length, s):
+    seg = tokens[:, start:start + s]
+    if mesh is not None:
+      seg = transformer.shard_batch(seg, mesh)
+    pred, state = run(params, state, seg)
+    predictions.append(np.asarray(pred))
+  pred = np.concatenate(predictions, axis=1)
+  correct = (pred == batch.targets) & batch.mask
+  result = {}
+  for d in np.unique(batch.distances[batch.mask]):
+    at = batch.mask & (batch.distances == d)
+    result[int(d)] = (int(correct[at].sum()), int(at.sum()))
+  return result
+
+
+def save_params(params, path: str) -> None:
+  """Writes a parameter pytree to an .npz file (keys are the tree paths)."""
+  flat = {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  with open(path, "wb") as f:
+    np.savez(f, **flat)
+
+
+def load_params(model: transformer.MemoryTransformer, path: str) -> None:
+  """Loads weights written by `save_params` into `model` (shapes must match)."""
+  _, params = nnx.split(model)
+  with np.load(path) as data:
+    def take(p, x):
+      value = data[jax.tree_util.keystr(p)]
+      if value.shape != x.shape:
+        raise ValueError(f"{path}: {jax.tree_util.keystr(p)} has shape {value.shape}, "
+                         f"the model expects {x.shape}")
+      return jnp.asarray(value)
+    params = jax.tree_util.tree_map_with_path(take, params)
+  nnx.update(model, params)
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: str, *, window: int, chance: float) -> str:
+  """Accuracy against distance, one line per evaluation suite; returns `path`."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  for suite in sorted({r["suite"] for r in rows}):
+    pts = sorted((r["distance"], r["accuracy"]) for r in rows if r["suite"] == suite)
+    xs, ys = zip(*pts)
+    ax.plot(xs, ys, marker="o", label=suite)
+  ax.axhline(chance, color="gray", ls=":", label=f"chance ({chance:.3f})")
+  ax.axvline(window, color="gray", ls="--", label=f"local window ({window})")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("distance from pair to query (tokens)")
+  ax.set_ylabel("retrieval accuracy")
+  ax.set_ylim(-0.02, 1.02)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          writer: metrics.MetricWriter | None = None,
+          mesh: jax.sharding.Mesh | None = None) -> tuple[transformer.MemoryTransformer, float]:
+  """Trains per `config.train`; returns (model, training seconds)."""
+  t = config.train
+  vocab = vocab_from_config(config)
+  mesh = mesh or transformer.data_parallel_mesh()
+  model = create_model(config)
+  graphdef, params = nnx.split(model)
+  tx = make_optimizer(config)
+  params = transformer.replicate(params, mesh)
+  opt_state = tx.init(params)
+  step_fn = make_train_step(graphdef, tx, config.model.window)
+  rng = np.random.default_rng(config.seed)
+  total = sum(phase[0] for phase in t.phases)
+  progress = metrics.Progress(total)
+  step = 0
+  sums, logged_steps = None, 0
+  start = time.perf_counter()
+  for steps, length, batch_size in t.phases:
+    for _ in range(steps):
+      data = retrieval.training_batch(rng, batch_size, length, t.max_pairs,
+                                      min_pairs=t.min_pairs, vocab=vocab)
+      arrays = transformer.shard_batch(
+          (data.tokens, data.targets, data.mask, data.distances), mesh)
+      params, opt_state, stats = step_fn(params, opt_state, *arrays,
+                                         memory_size=phase_memory_size(config, length))
+      step += 1
+      stats = jax.device_get(stats)
+      sums = stats if sums is None else {k: sums[k] + stats[k] for k in stats}
+      logged_steps += 1
+      if step % t.log_every == 0 or step == total:
+        row = {
+            "split": "train", "length": length,
+            "loss": float(sums["loss"]) / logged_steps,
+            "accuracy_near": float(sums["correct_near"]) / max(int(sums["count_near"]), 1),
+            "accuracy_far": float(sums["correct_far"]) / max(int(sums["count_far"]), 1),
+            "elapsed_s": time.perf_counter() - start,
+        }
+        progress.log(step, **{k: v for k, v in row.items() if k != "split"})
+        if writer is not None:
+          writer.write(step, **row)
+        sums, logged_steps = None, 0
+  train_seconds = time.perf_counter() - start
+  nnx.update(model, jax.device_get(params))
+  save_params(jax.device_get(params), os.path.join(workdir, PARAMS_FILE))
+  return model, train_seconds
+
+
+def run_evaluation(model: transformer.MemoryTransformer, config: ml_collections.ConfigDict, *,
+                   writer: metrics.MetricWriter | None = None, step: int = 0,
+                   mesh: jax.sharding.Mesh | None = None) -> list[dict[str, Any]]:
+  """Every suite of `config.eval.suites`: one row per (suite, distance)."""
+  vocab = vocab_from_config(config)
+  e = config.eval
+  mesh = mesh or transformer.data_parallel_mesh()
+  rows = []
+  for name, suite in config.eval.suites.items():
+    t0 = time.perf_counter()
+    seed = config.seed + zlib.crc32(name.encode()) % 100_000  # the same data in any run
+    batch = retrieval.evaluation_batch(
+        seed, suite.batch, tuple(suite.distances), suite.pairs_per_distance,
+        vocab=vocab, segment_length=e.segment_length)
+    result = evaluate(model, batch, memory_size=suite.memory_size, use_memory=suite.use_memory,
+                      segment_length=e.segment_length, mesh=mesh)
+    seconds = time.perf_counter() - t0
+    for distance, (correct, count) in sorted(result.items()):
+      row = {"split": "eval", "suite": name, "use_memory": bool(suite.use_memory),
+             "memory_size": int(suite.memory_size) if suite.use_memory else 0,
+             "distance": distance, "accuracy": correct / count, "correct": correct,
+             "count": count, "chance": vocab.chance, "eval_seconds": seconds}
+      rows.append(row)
+      logging.info("eval %s distance %d: accuracy %.4f (%d/%d)", name, distance,
+                   correct / count, correct, count)
+      if writer is not None:
+        writer.write(step, **row)
+  return rows
+
+
+def _suites_to_run(config: ml_collections.ConfigDict) -> list[str]:
+  """The names in `config.eval.run_suites` ("all", "none" or comma-separated names)."""
+  names = list(config.eval.suites.keys())
+  wanted = str(config.eval.get("run_suites", "all")).strip()
+  if wanted == "all":
+    return names
+  if wanted in ("none", ""):
+    return []
+  chosen = [n.strip() for n in wanted.split(",") if n.strip()]
+  for n in chosen:
+    if n not in names:
+      raise ValueError(f"eval.run_suites names unknown suite {n!r}; known: {names}")
+  return chosen
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates the suites, writes metrics.jsonl and the plot.
+
+  Running again on the same workdir resumes: a finished training (its
+  `params.npz` and summary row) is loaded instead of repeated, and suites
+  already in metrics.jsonl are not evaluated again. `config.eval.run_suites`
+  ("all", "none" or comma-separated suite names) picks the suites of this
+  run, so a long evaluation can be split over several runs.
+
+  Returns:
+    {"train_seconds": ..., "eval": [rows of every suite so far], "plot": path or None}.
+  """
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  params_path = os.path.join(workdir, PARAMS_FILE)
+  total = sum(phase[0] for phase in config.train.phases)
+  previous = metrics.read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+  summary = [r for r in previous if r.get("split") == "train_summary"]
+  mesh = transformer.data_parallel_mesh()
+  logging.info("data-parallel over %d device(s)", mesh.size)
+  if summary and os.path.exists(params_path):
+    writer = metrics.MetricWriter(metrics_path)
+    model = create_model(config)
+    load_params(model, params_path)
+    train_seconds = float(summary[-1]["train_seconds"])
+    logging.info("resuming: loaded %s (trained in %.1f s)", params_path, train_seconds)
+  else:
+    writer = metrics.MetricWriter(metrics_path, resume_step=-1)
+    previous = []
+    model, train_seconds = train(config, workdir, writer=writer, mesh=mesh)
+    writer.write(total, split="train_summary", train_seconds=train_seconds)
+    logging.info("training took %.1f s", train_seconds)
+  done = {r["suite"] for r in previous if r.get("split") == "eval"}
+  todo = [n for n in _suites_to_run(config) if n not in done]
+  if todo:
+    run_config = config.copy_and_resolve_references()
+    with run_config.unlocked():
+      run_config.eval.suites = ml_collections.ConfigDict(
+          {n: config.eval.suites[n] for n in todo})
+    run_evaluation(model, run_config, writer=writer, step=total, mesh=mesh)
+  rows = [r for r in metrics.read_metrics(metrics_path) if r.get("split") == "eval"]
+  plot = None
+  if rows:
+    plot = plot_accuracy(rows, os.path.join(workdir, PLOT_FILE), window=config.model.window,
+                         chance=vocab_from_config(config).chance)
+  return {"train_seconds": train_seconds, "eval": rows, "plot": plot}

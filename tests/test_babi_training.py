@@ -1,0 +1,136 @@
+"""Tests of the bAbI trainer (memjax.training.babi) and its config."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import memn2n_babi
+from memjax.tasks import babi
+from memjax.training import babi as training
+from memjax.training import metrics
+
+DATA_DIR = memn2n_babi.SHARED_DATA
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA_DIR),
+                                reason=f"bAbI data not found in {DATA_DIR}")
+
+
+def test_parse_tasks():
+  assert training.parse_tasks("3") == (3,)
+  assert training.parse_tasks(5) == (5,)
+  assert training.parse_tasks("1-3,7") == (1, 2, 3, 7)
+  assert training.parse_tasks("all") == tuple(range(1, 21))
+  for bad in ("0", "21", "x", "3-", ""):
+    with pytest.raises(ValueError, match=r"config\.tasks"):
+      training.parse_tasks(bad)
+
+
+def test_paper_columns_have_the_published_summaries():
+  # Sukhbaatar et al. 2015, Table 1 (1k): mean error and tasks failed at > 5 %.
+  summaries = {"BoW": (25.1, 15), "PE LS RN": (13.9, 11), "PE LS RN joint": (12.4, 11)}
+  for name, (mean, failed) in summaries.items():
+    column = np.array(training.PAPER[name])
+    assert column.shape == (20,)
+    assert round(float(column.mean()), 1) == mean, name
+    assert int((column > 5.0).sum()) == failed, name
+
+
+def test_config_variants_and_validation(tmp_path):
+  for variant in (None, "table", "joint", "kv", "smoke"):
+    config = memn2n_babi.get_config(variant)
+    assert config.trainer == "babi"
+    training.parse_tasks(config.tasks)
+  assert memn2n_babi.get_config("joint").joint
+  with pytest.raises(ValueError, match="unknown variant"):
+    memn2n_babi.get_config("huge")
+  config = memn2n_babi.get_config()
+  config.data_dir = str(tmp_path / "missing")
+  with pytest.raises(ValueError, match=r"config\.data_dir"):
+    training.validate_config(config)
+  config.data_dir = str(tmp_path)
+  for field, value, message in [("model", "lstm", "config.model"),
+                                ("encoding", "cnn", "config.encoding"),
+                                ("hops", 0, "config.hops"),
+                                ("random_noise", 1.5, "config.random_noise"),
+                                ("tasks", "25", "config.tasks")]:
+    bad = memn2n_babi.get_config()
+    bad.data_dir = str(tmp_path)
+    bad[field] = value
+    with pytest.raises(ValueError, match=message):
+      training.validate_config(bad)
+
+
+def test_write_table_counts_mean_and_failures(tmp_path):
+  config = memn2n_babi.get_config("table")
+  rows = [dict(task=t, name=f"t{t}", test_error=e, valid_error=e / 2)
+          for t, e in [(2, 4.0), (1, 0.0), (3, 20.0)]]
+  markdown = training.write_table(rows, str(tmp_path), config, 12.0)
+  summary = json.loads((tmp_path / "babi_table.json").read_text())
+  assert summary["mean_test_error"] == pytest.approx(8.0)
+  assert summary["failed_tasks"] == 1
+  assert summary["tasks"] == [1, 2, 3]
+  # The paper's columns restricted to the same three tasks.
+  assert summary["paper_mean_test_error"]["BoW"] == pytest.approx((0.6 + 17.6 + 71.0) / 3)
+  lines = markdown.splitlines()
+  assert lines[2].startswith("| 1: t1 | 0.0 | 0.0 | 0.6 |")
+  assert "| **mean error** | **8.0** |" in markdown
+  assert "| **failed (> 5 %)** | **1** |" in markdown
+  assert (tmp_path / "babi_table.md").read_text() == markdown
+
+
+@needs_data
+def test_smoke_run_learns_task_one_and_resumes(tmp_path):
+  config = memn2n_babi.get_config("smoke")
+  workdir = str(tmp_path / "run")
+  summary = training.train_and_evaluate(config, workdir)
+  row = summary["rows"][0]
+  assert row["task"] == 1 and len(row["restart_test_error"]) == config.restarts
+  # Task 1 is learnt in a few seconds: chance is 1 in 6 locations (83 % error).
+  assert row["test_error"] < 25.0
+  assert row["test_error"] == row["restart_test_error"][row["chosen_restart"]]
+  chosen_valid = row["restart_valid_error"][row["chosen_restart"]]
+  assert chosen_valid == min(row["restart_valid_error"])  # picked on validation
+  rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert len(rows) == config.linear_start_epochs + config.epochs
+  assert rows[-1]["train_error"] < rows[0]["train_error"]
+  for name in ("babi_table.md", "babi_table.json", "attention_task1.png",
+               "results/task_01.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  # A second run on the same workdir reuses the saved result and trains nothing.
+  again = training.train_and_evaluate(config, workdir)
+  assert again["rows"] == summary["rows"]
+  assert len(metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))) == len(rows)
+
+
+@needs_data
+def test_trainer_restarts_differ_and_picking_uses_validation():
+  config = memn2n_babi.get_config("smoke")
+  config.model = "kv"
+  data = babi.load(DATA_DIR, 1)
+  trainer = training.Trainer(config, data)
+  run = trainer.fit(3)
+  assert run.test_predictions.shape == (config.restarts, len(data.test))
+  best = np.lexsort((run.valid_loss, -run.valid_accuracy))[0]
+  assert run.chosen == best
+  errors = (run.test_predictions != data.test.answer).mean(axis=1)
+  assert errors[run.chosen] < 0.5  # the key-value form learns too
+
+
+@needs_data
+def test_embedding_the_batch_or_the_sentence_table_gives_the_same_answers():
+  config = memn2n_babi.get_config("smoke")
+  data = babi.load(DATA_DIR, 1)
+  outputs = []
+  for embed in ("table", "batch"):
+    config.embed = embed
+    trainer = training.Trainer(config, data)
+    assert trainer.embed_batch == (embed == "batch")
+    params = jax.tree.map(lambda x: x[0], trainer.init(0).params)
+    idx = jnp.arange(7)
+    outputs.append(trainer._forward(params, trainer.arrays.sentences, trainer.arrays.train, idx,
+                                    None, False))
+  np.testing.assert_allclose(outputs[0].logits, outputs[1].logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(outputs[0].attention, outputs[1].attention, rtol=1e-5, atol=1e-6)
