@@ -7,7 +7,9 @@ functions on arrays; `memjax.nn` holds Flax NNX modules built from them.
 from memjax import access
 from memjax import addressing
 from memjax import allocation
+from memjax import conversation
 from memjax import linkage
+from memjax import retrieval
 from memjax import sharded
 from memjax import store
 from memjax.store import KVMemory
@@ -21,7 +23,9 @@ __all__ = [
     "access",
     "addressing",
     "allocation",
+    "conversation",
     "linkage",
+    "retrieval",
     "sharded",
     "store",
 ]

@@ -1,5 +1,6 @@
 """Flax NNX modules built from memjax's pure memory functions."""
 
+from memjax.nn import rag_reader
 from memjax.nn.controllers import FeedForwardController
 from memjax.nn.controllers import LSTMController
 from memjax.nn.controllers import LSTMState
@@ -14,6 +15,7 @@ from memjax.nn.memn2n import SentenceEncoder
 from memjax.nn.ntm import NTMCell
 from memjax.nn.ntm import NTMState
 from memjax.nn.product_keys import ProductKeyMemory
+from memjax.nn.rag_reader import KVMemoryReader
 from memjax.nn.sam import SAMCell
 from memjax.nn.sam import SAMState
 from memjax.nn.sequence import run_cell
@@ -26,6 +28,7 @@ __all__ = [
     "DNCCell",
     "DNCState",
     "FeedForwardController",
+    "KVMemoryReader",
     "KeyValueMemoryNetwork",
     "KeyValueReader",
     "LSTMCell",
@@ -41,5 +44,6 @@ __all__ = [
     "SAMCell",
     "SAMState",
     "SentenceEncoder",
+    "rag_reader",
     "run_cell",
 ]

@@ -2,10 +2,12 @@
 
 from memjax.tasks import algorithmic
 from memjax.tasks import babi
+from memjax.tasks import facts
 from memjax.tasks import retrieval
 
 __all__ = [
     "algorithmic",
     "babi",
+    "facts",
     "retrieval",
 ]
