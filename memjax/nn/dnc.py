@@ -33,6 +33,7 @@ from memjax import access
 from memjax import addressing
 from memjax import allocation
 from memjax import linkage
+from memjax.nn import _batching
 from memjax.nn import controllers
 from memjax.nn import ntm
 
@@ -162,13 +163,9 @@ class DNCCell(nnx.RNNCellBase):
     Returns:
       (the new `DNCState`, [B, O] output logits).
     """
-    batch = inputs.shape[:-1]
-    if len(batch) != 1:
-      flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[len(batch):]), carry)
-      new, y = self(flat, inputs.reshape(-1, inputs.shape[-1]))
-      return (jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), new),
-              y.reshape(*batch, -1))
-    b = batch[0]
+    if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
+      return _batching.with_one_batch_axis(self, carry, inputs)
+    b = inputs.shape[0]
     r, w = self.num_read_heads, self.word_size
     controller_in = jnp.concatenate([inputs, carry.read_vectors.reshape(b, r * w)], axis=-1)
     controller_state, hidden = self.controller(carry.controller, controller_in)

@@ -33,6 +33,7 @@ from flax import nnx
 
 from memjax import access
 from memjax import addressing
+from memjax.nn import _batching
 from memjax.nn import controllers
 
 MEMORY_INITS = ("constant", "learned", "random")
@@ -196,12 +197,8 @@ class NTMCell(nnx.RNNCellBase):
     Returns:
       (the new `NTMState`, [B, O] output logits).
     """
-    batch = inputs.shape[:-1]
-    if len(batch) != 1:  # one sequence, or several batch axes: flatten to one
-      flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[len(batch):]), carry)
-      new, y = self(flat, inputs.reshape(-1, inputs.shape[-1]))
-      return (jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), new),
-              y.reshape(*batch, -1))
+    if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
+      return _batching.with_one_batch_axis(self, carry, inputs)
     new, y, _ = self.step_with_deltas(carry, inputs, None)
     return new, y
 

@@ -40,6 +40,7 @@ from flax import nnx
 from memjax import access
 from memjax import addressing
 from memjax import store
+from memjax.nn import _batching
 
 # A slot counts as accessed when its read or write weight exceeds this (the
 # paper's delta).
@@ -232,13 +233,9 @@ class SAMCell(nnx.RNNCellBase):
 
   def __call__(self, carry: SAMState, inputs: jax.Array) -> tuple[SAMState, jax.Array]:
     """One step: (state, x [B, I]) -> (new state, y [B, O])."""
-    batch = inputs.shape[:-1]
-    if len(batch) != 1:
-      flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[len(batch):]), carry)
-      new, y = self(flat, inputs.reshape(-1, inputs.shape[-1]))
-      return (jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), new),
-              y.reshape(*batch, -1))
-    b = batch[0]
+    if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
+      return _batching.with_one_batch_axis(self, carry, inputs)
+    b = inputs.shape[0]
     r, w = self.num_read_heads, self.word_size
     z = self.gates(jnp.concatenate(
         [inputs, carry.read_vectors.reshape(b, r * w), carry.hidden], axis=-1))
