@@ -48,6 +48,12 @@ def main(argv):
     # Bad configs fail in one line, before anything compiles.
     print(f"error: bad config: {e}", file=sys.stderr)
     sys.exit(2)
+  # A config may split each batch over several CPU devices (one per core). The
+  # device count must be fixed before JAX starts its backend, which the first
+  # device query below does; trainers then find the devices already there.
+  cpu_devices = config.get("cpu_devices", 1)
+  if isinstance(cpu_devices, int) and cpu_devices > 1:
+    jax.config.update("jax_num_cpu_devices", cpu_devices)
   logging.info("JAX %s on %s (%d devices)", jax.__version__, jax.default_backend(),
                jax.device_count())
   module.train_and_evaluate(config, _WORKDIR.value)

@@ -316,9 +316,11 @@ def use_cpu_devices(count: int) -> None:
   """Makes JAX show `count` CPU devices (one per core), before any array exists.
 
   XLA:CPU runs one training step on one core; with several CPU devices the
-  trainer splits each batch across them (`config.cpu_devices`). The backend
-  is re-created, so call this before creating any JAX array. No-op when not
-  on a CPU or when there are already enough devices.
+  trainer splits each batch across them (`config.cpu_devices`).
+  `experiments/train.py` sets the count before JAX starts, so this is a
+  no-op there; elsewhere (a notebook, a benchmark) the CPU backend is
+  re-created, so call this before creating any JAX array. No-op when not on
+  a CPU or when there are already enough devices.
   """
   if count <= 1 or jax.default_backend() != "cpu" or jax.device_count() >= count:
     return
