@@ -4,20 +4,30 @@ Both cells have the same LSTM controller (100 units), word size W = 32 and
 R = 2 read heads:
 
 * sparse: `memjax.nn.sam.SAMCell` with K = 4 slots per read head: one exact
-  top-K lookup over the memory (`memjax.store.top_k_slots`), then O(R K W);
+  top-K lookup (one fused pass over the blocked memory,
+  `memjax.nn._sam_kernels.search`), then O(R K W); its memory starts full
+  (random words, every slot accessed once), the steady state;
 * dense:  the NTM step of Graves et al. (2014) built from `memjax.addressing`
   (content, interpolation, shift, sharpening over all N slots) and
   `memjax.access` (read, erase/add write), R read heads + 1 write head.
 
-A step is `jax.value_and_grad` of a loss on the step's output with respect
-to the cell's parameters, returning the new recurrent state, jitted, with the
-state donated (so the memory is updated in place). Times are the median over
-`--steps` steps after two warm-up steps, each step feeding the next.
+Two modes, each cell timed side by side in one run:
+
+* one step: `jax.value_and_grad` of a loss on the step's output with respect
+  to the cell's parameters, returning the new recurrent state, jitted, with
+  the state donated (so the memory is updated in place). Times are the median
+  over `--steps` steps after two warm-up steps, each step feeding the next.
+* `--bptt=T`: the same for a T-step sequence in one `lax.scan`, the loss
+  summed over the steps and differentiated through time (the dense NTM
+  keeps every step's memory for its backward pass; SAM keeps the touched
+  rows only and one in-place [N, W] memory cotangent); the figure is the
+  median sequence time divided by T, over `--bptt-repeats` sequences.
 
 Run:
 
   flock -x /work/cpu.lock python -m benchmarks.sparse_ntm
-  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm --sizes=1K,16K,64K,1M --steps=20
+  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm --sizes=1K,16K,64K,1M --steps=20 \
+      --bptt=16 --bptt-repeats=2
 """
 
 from __future__ import annotations
