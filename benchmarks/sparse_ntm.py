@@ -4,20 +4,30 @@ Both cells have the same LSTM controller (100 units), word size W = 32 and
 R = 2 read heads:
 
 * sparse: `memjax.nn.sam.SAMCell` with K = 4 slots per read head: one exact
-  top-K lookup over the memory (`memjax.store.top_k_slots`), then O(R K W);
+  top-K lookup (one fused pass over the blocked memory,
+  `memjax.nn._sam_kernels.search`), then O(R K W); its memory starts full
+  (random words, every slot accessed once), the steady state;
 * dense:  the NTM step of Graves et al. (2014) built from `memjax.addressing`
   (content, interpolation, shift, sharpening over all N slots) and
   `memjax.access` (read, erase/add write), R read heads + 1 write head.
 
-A step is `jax.value_and_grad` of a loss on the step's output with respect
-to the cell's parameters, returning the new recurrent state, jitted, with the
-state donated (so the memory is updated in place). Times are the median over
-`--steps` steps after two warm-up steps, each step feeding the next.
+Two modes, each cell timed side by side in one run:
+
+* one step: `jax.value_and_grad` of a loss on the step's output with respect
+  to the cell's parameters, returning the new recurrent state, jitted, with
+  the state donated (so the memory is updated in place). Times are the median
+  over `--steps` steps after two warm-up steps, each step feeding the next.
+* `--bptt=T`: the same for a T-step sequence in one `lax.scan`, the loss
+  summed over the steps and differentiated through time (the dense NTM
+  keeps every step's memory for its backward pass; SAM keeps the touched
+  rows only and one in-place [N, W] memory cotangent); the figure is the
+  median sequence time divided by T, over `--bptt-repeats` sequences.
 
 Run:
 
   flock -x /work/cpu.lock python -m benchmarks.sparse_ntm
-  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm --sizes=1K,16K,64K,1M --steps=20
+  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm --sizes=1K,16K,64K,1M --steps=20 \
+      --bptt=16 --bptt-repeats=2
 """
 
 from __future__ import annotations
@@ -101,15 +111,48 @@ def _step_fn(cell, state_of):
   return step, params, state_of(cell)
 
 
-def _measure(kind: str, n: int, steps: int) -> dict:
+def _sequence_fn(cell, state_of):
+  """value_and_grad of a T-step sequence loss: one lax.scan, backpropagation through time."""
+  graphdef, params = nnx.split(cell)
+
+  def loss(params, state, xs):
+    model = nnx.merge(graphdef, params)
+
+    def body(state, x):
+      state, y = model(state, x)
+      return state, jnp.sum(y ** 2)
+
+    state, losses = jax.lax.scan(body, state, xs)
+    return jnp.sum(losses), state
+
+  grad = jax.value_and_grad(loss, has_aux=True)
+  step = jax.jit(lambda params, state, xs: grad(params, state, xs), donate_argnums=1)
+  return step, params, state_of(cell)
+
+
+def _sparse_state(cell: sam.SAMCell, n: int) -> sam.SAMState:
+  """A full memory (random words, every slot accessed once) for batch 1."""
+  rng = np.random.default_rng(1)
+  words = rng.normal(size=(n, WORD)).astype(np.float32)
+  state = sam.make_state(words, rng.permutation(n).astype(np.int32) - n,
+                         np.zeros((READS, K), np.int32), np.zeros((READS, K), np.float32),
+                         np.zeros((READS, WORD), np.float32), 0, np.zeros(CONTROLLER),
+                         np.zeros(CONTROLLER))
+  return jax.tree.map(lambda x: x[None], state)
+
+
+def _measure(kind: str, n: int, steps: int, seq: int = 0) -> dict:
+  """Median time of one step; with seq = T > 0, of a T-step sequence divided by T."""
   rngs = nnx.Rngs(0)
+  make = _sequence_fn if seq else _step_fn
   if kind == "sparse":
     cell = sam.SAMCell(IN, OUT, memory_size=n, word_size=WORD, num_read_heads=READS, k=K,
                        controller_size=CONTROLLER, rngs=rngs)
-    step, params, state = _step_fn(cell, lambda c: c.initialize_carry((1, IN)))
+    step, params, state = make(cell, lambda c: _sparse_state(c, n))
   else:
-    step, params, state = _step_fn(DenseNTMCell(n, rngs=rngs), lambda c: c.initialize_carry(1))
-  xs = jnp.asarray(np.random.default_rng(0).normal(size=(steps + 2, 1, IN)), jnp.float32)
+    step, params, state = make(DenseNTMCell(n, rngs=rngs), lambda c: c.initialize_carry(1))
+  shape = (steps + 2, seq, 1, IN) if seq else (steps + 2, 1, IN)
+  xs = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
   times = []
   for t in range(steps + 2):
     start = time.perf_counter()
@@ -117,9 +160,10 @@ def _measure(kind: str, n: int, steps: int) -> dict:
     jax.block_until_ready((value, state, grads))
     times.append(time.perf_counter() - start)
   assert bool(jnp.isfinite(value))
-  times = times[2:]
-  return {"kind": kind, "n": n, "median_ms": 1e3 * float(np.median(times)),
-          "min_ms": 1e3 * min(times), "steps": steps}
+  times = np.asarray(times[2:]) / max(seq, 1)
+  return {"kind": kind, "n": n, "mode": f"bptt{seq}" if seq else "step",
+          "median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * float(times.min()),
+          "steps": steps}
 
 
 def _parse_size(text: str) -> int:
@@ -134,22 +178,31 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--dense-steps", type=int, default=5,
                       help="steps for the dense NTM (slow at large N)")
+  parser.add_argument("--bptt", type=int, default=0,
+                      help="also time T-step sequences (backpropagation through time), per step")
+  parser.add_argument("--bptt-repeats", type=int, default=3,
+                      help="timed sequences per cell in the --bptt mode")
   args = parser.parse_args()
   rows = []
   for n in map(_parse_size, args.sizes.split(",")):
-    sparse = _measure("sparse", n, args.steps)
-    dense = _measure("dense", n, args.dense_steps)
-    for row in (sparse, dense):
-      print(json.dumps(row), flush=True)
-    rows.append((n, sparse, dense))
+    pairs = [(_measure("sparse", n, args.steps), _measure("dense", n, args.dense_steps))]
+    if args.bptt:
+      pairs.append((_measure("sparse", n, args.bptt_repeats, args.bptt),
+                    _measure("dense", n, args.bptt_repeats, args.bptt)))
+    for pair in pairs:
+      for row in pair:
+        print(json.dumps(row), flush=True)
+      rows.append((n, *pair))
   print()
   print(f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s); "
         f"W={WORD}, R={READS}, K={K}, controller {CONTROLLER}, batch 1, fwd+bwd")
-  print("| N | sparse (SAM) ms | dense (NTM) ms | dense / sparse |")
-  print("| --- | --- | --- | --- |")
+  print("| N | mode | sparse (SAM) ms | dense (NTM) ms | dense / sparse |")
+  print("| --- | --- | ---: | ---: | ---: |")
   for n, sparse, dense in rows:
     label = f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
-    print(f"| {label} | {sparse['median_ms']:.2f} | {dense['median_ms']:.2f} | "
+    mode = ("one step" if sparse["mode"] == "step"
+            else f"per step of a {args.bptt}-step sequence (BPTT)")
+    print(f"| {label} | {mode} | {sparse['median_ms']:.2f} | {dense['median_ms']:.2f} | "
           f"{dense['median_ms'] / sparse['median_ms']:.0f}x |")
 
 

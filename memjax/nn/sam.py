@@ -1,12 +1,16 @@
 """Sparse Access Memory (SAM, Rae et al. 2016): an NTM whose heads touch K slots.
 
 Each step, every read head reads only the K slots whose words are most
-similar to its key (found exactly by `memjax.store.top_k_slots`), and the
-write touches only the slots read at the previous step plus the least
-recently accessed slot. Everything after the lookup costs O(R K W), so a
-step costs one lookup plus O(R K W) however large N is; the gradient never
-materialises an [N, W] array (the reads see the write through an index match
-over the R K + 1 written rows, not through the dense memory).
+similar to its key (found exactly, by one fused pass over the memory, see
+`memjax.nn._sam_kernels`), and the write touches only the slots read at the
+previous step plus the least recently accessed slot. Everything after the
+lookup costs O(R K W), so a step costs one pass over the memory plus
+O(R K W) however large N is. The memory is updated in place (donate the
+state) and the backward pass is sparse: within a step no [N, W] array is
+built (the reads see the write through an index match over the R K + 1
+written rows); under backpropagation through time the memory's cotangent is
+one [N, W] buffer updated in place at the touched rows, as in section 3.3 of
+the paper.
 
 The step, for one sequence (the cell vmaps it over the batch), following
 section 3 of the paper:
@@ -39,8 +43,8 @@ from flax import nnx
 
 from memjax import access
 from memjax import addressing
-from memjax import store
 from memjax.nn import _batching
+from memjax.nn import _sam_kernels
 
 # A slot counts as accessed when its read or write weight exceeds this (the
 # paper's delta).
@@ -50,11 +54,18 @@ ACCESS_THRESHOLD = 0.005
 class SAMState(NamedTuple):
   """The recurrent state of a `SAMCell` (batch axes in front of every field).
 
+  The memory is stored in blocks of G = `BLOCK` slots, word-major inside a
+  block (memory[b, :, g] is the word of slot b G + g), padded to NB G >= N
+  slots; `memory_words` gives the [N, W] view.
+
   Attributes:
     hidden: [B, C] controller output h.
     cell: [B, C] controller cell c.
-    memory: [B, N, W] memory words.
-    last_access: [B, N] int32 step of each slot's last access (-1: never).
+    memory: [B, NB, W, G] memory words, blocked.
+    inv_norms: [B, NB, G] rsqrt(|M_i|^2 + eps) of every slot.
+    last_access: [B, NB G] int32 step of each slot's last access (-1: never;
+      `PAD_ACCESS` for the padding slots past N).
+    access_min: [B, NB] int32 minimum of last_access per block.
     read_indices: [B, R, K] int32 slots read at the last step.
     read_weights: [B, R, K] their weights.
     read_vectors: [B, R, W] read vectors of the last step.
@@ -63,106 +74,121 @@ class SAMState(NamedTuple):
   hidden: jax.Array
   cell: jax.Array
   memory: jax.Array
+  inv_norms: jax.Array
   last_access: jax.Array
+  access_min: jax.Array
   read_indices: jax.Array
   read_weights: jax.Array
   read_vectors: jax.Array
   step: jax.Array
 
 
-def least_recently_accessed(last_access: jax.Array) -> jax.Array:
-  """The slot accessed longest ago (never-accessed first, ties to the lowest): [] int32."""
-  return jnp.argmin(last_access).astype(jnp.int32)
+BLOCK = _sam_kernels.BLOCK
+PAD_ACCESS = _sam_kernels.PAD_ACCESS
 
 
-def sparse_write(memory: jax.Array, lra: jax.Array, prev_indices: jax.Array,
-                 prev_weights: jax.Array, add: jax.Array, write_gate: jax.Array,
-                 interp_gate: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """SAM's write: erase the least recently accessed slot, add a to the written slots.
+def make_state(words: jax.typing.ArrayLike, last_access: jax.typing.ArrayLike,
+               read_indices: jax.typing.ArrayLike, read_weights: jax.typing.ArrayLike,
+               read_vectors: jax.typing.ArrayLike, step: jax.typing.ArrayLike,
+               hidden: jax.typing.ArrayLike, cell: jax.typing.ArrayLike) -> SAMState:
+  """A `SAMState` for one sequence (no batch axis) from a plain [N, W] memory.
 
   Args:
-    memory: [N, W].
+    words: [N, W] memory.
+    last_access: [N] int32 step of each slot's last access (-1: never).
+    read_indices: [R, K] int32; read_weights: [R, K]; read_vectors: [R, W].
+    step: [] int32.
+    hidden, cell: [C] controller state.
+
+  Returns:
+    the state, memory blocked and padded.
+  """
+  words = jnp.asarray(words, jnp.float32)
+  last_access = jnp.asarray(last_access, jnp.int32)
+  n = words.shape[0]
+  if words.ndim != 2 or last_access.shape != (n,):
+    raise ValueError(f"words must be [N, W] and last_access [N]; got {words.shape} and "
+                     f"{last_access.shape}")
+  pad = _sam_kernels.num_blocks(n) * BLOCK - n
+  last_access = jnp.pad(last_access, (0, pad), constant_values=PAD_ACCESS)
+  memory = _sam_kernels.to_blocks(words)
+  return SAMState(
+      hidden=jnp.asarray(hidden, jnp.float32), cell=jnp.asarray(cell, jnp.float32),
+      memory=memory, inv_norms=_sam_kernels.inverse_norms(jnp.swapaxes(memory, -1, -2)),
+      last_access=last_access, access_min=last_access.reshape(-1, BLOCK).min(axis=-1),
+      read_indices=jnp.asarray(read_indices, jnp.int32),
+      read_weights=jnp.asarray(read_weights, jnp.float32),
+      read_vectors=jnp.asarray(read_vectors, jnp.float32), step=jnp.asarray(step, jnp.int32))
+
+
+def memory_words(memory: jax.Array, n: int) -> jax.Array:
+  """The [..., N, W] words of a blocked memory [..., NB, W, G] holding N slots."""
+  lead = memory.shape[:-3]
+  flat = memory.reshape(-1, *memory.shape[-3:])
+  words = jax.vmap(lambda m: _sam_kernels.from_blocks(m, n))(flat)
+  return words.reshape(*lead, n, memory.shape[-2])
+
+
+def least_recently_accessed(last_access: jax.Array, access_min: jax.Array) -> jax.Array:
+  """The slot accessed longest ago (never-accessed first, ties to the lowest): [] int32.
+
+  Args:
+    last_access: [NB G] int32 (see `SAMState`).
+    access_min: [NB] int32 its minimum per block.
+  """
+  return _sam_kernels.least_recently_accessed(last_access, access_min)
+
+
+def write_weights(lra: jax.Array, prev_indices: jax.Array, prev_weights: jax.Array,
+                  write_gate: jax.Array, interp_gate: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """SAM's sparse write weighting: the previous read slots and the LRA slot.
+
+  w^W = alpha (gamma mean_r w^R_{t-1} + (1 - gamma) 1[LRA]).
+
+  Args:
     lra: [] the least recently accessed slot.
     prev_indices: [R, K] slots read at the previous step.
     prev_weights: [R, K] their read weights.
-    add: [W] the add vector a.
     write_gate: [] alpha in [0, 1].
     interp_gate: [] gamma in [0, 1]: previous read slots vs the LRA slot.
 
   Returns:
-    (new memory [N, W], written slots [J], write weights [J]).
+    (written slots [J] int32, write weights [J]), J = R K + 1, the LRA slot last.
   """
   r = prev_indices.shape[0]
-  indices = jnp.concatenate([prev_indices.reshape(-1), lra[None]])
+  indices = jnp.concatenate([prev_indices.reshape(-1), lra[None]]).astype(jnp.int32)
   weights = write_gate * jnp.concatenate([
       interp_gate * prev_weights.reshape(-1) / r, (1 - interp_gate)[None]])
-  erased = memory.at[lra].set(0)
-  return erased.at[indices].add(weights[:, None] * add[None, :]), indices, weights
-
-
-def rows_after_write(memory: jax.Array, rows: jax.Array, lra: jax.Array,
-                     written: jax.Array, weights: jax.Array, add: jax.Array) -> jax.Array:
-  """Rows `rows` of the memory after `sparse_write`, computed from the old memory.
-
-  The same numbers as gathering from the new memory, but differentiable with
-  respect to the write in O(|rows| J W) and with no [N, W] cotangent.
-
-  Args:
-    memory: [N, W] memory before the write.
-    rows: [...] slot indices.
-    lra, written, weights, add: the write (see `sparse_write`).
-
-  Returns:
-    [..., W].
-  """
-  old = jnp.where((rows == lra)[..., None], 0, memory[rows])
-  match = (rows[..., None] == written).astype(add.dtype)  # [..., J]
-  return old + (match @ weights)[..., None] * add
-
-
-def sparse_read(memory: jax.Array, keys: jax.Array, strengths: jax.Array, k: int,
-                rows_of=None) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """SAM's read: per head, softmax of beta x cosine over the K most similar slots.
-
-  Args:
-    memory: [N, W] memory to search (no gradient flows through the search).
-    keys: [R, W] read keys.
-    strengths: [R] key strengths beta >= 0.
-    k: K slots per head.
-    rows_of: optional function slot indices [R, K] -> rows [R, K, W] (e.g.
-      `rows_after_write`); default gathers from `memory`.
-
-  Returns:
-    (indices [R, K] int32, weights [R, K], read vectors [R, W]).
-  """
-  n = memory.shape[0]
-  _, indices = store.top_k_slots(jax.lax.stop_gradient(memory), jnp.ones((n,), bool),
-                                 jax.lax.stop_gradient(keys), k, metric="cosine")
-  # Every slot is valid, so all K are found.
-  rows = memory[indices] if rows_of is None else rows_of(indices)  # [R, K, W]
-  content = jax.vmap(addressing.content_weights)(rows, keys, strengths)  # eq. 5 over K
-  reads = jax.vmap(access.read)(rows, content)
-  return indices, content, reads
+  return indices, weights
 
 
 def sam_step(state: SAMState, key_read: jax.Array, strengths: jax.Array, add: jax.Array,
              write_gate: jax.Array, interp_gate: jax.Array, k: int) -> SAMState:
   """One memory step for one sequence (no batch axis): write, then read, then usage.
 
+  Touches the memory only through `_sam_kernels.sparse_access`: the write and
+  the gather of the K R read rows (in place when the state is donated), one
+  fused pass for the lookup, and a backward pass of O(J W + R K W) (a dense
+  [N, W] cotangent exists only when the previous memory itself needs one,
+  i.e. under backpropagation through time, and is then updated in place).
   The controller fields of `state` are passed through.
   """
   t = state.step
-  lra = least_recently_accessed(state.last_access)
-  memory, written, write_w = sparse_write(state.memory, lra, state.read_indices,
-                                          state.read_weights, add, write_gate, interp_gate)
-  rows_of = lambda rows: rows_after_write(state.memory, rows, lra, written, write_w, add)
-  indices, weights, reads = sparse_read(memory, key_read, strengths, k, rows_of)
-  n = memory.shape[0]
+  lra = least_recently_accessed(state.last_access, state.access_min)
+  written, write_w = write_weights(lra, state.read_indices, state.read_weights, write_gate,
+                                   interp_gate)
+  memory, inv_norms, indices, rows = _sam_kernels.sparse_access(
+      state.memory, state.inv_norms, state.last_access, lra, written, write_w, add, key_read, k)
+  weights = jax.vmap(addressing.content_weights)(rows, key_read, strengths)  # eq. 5 over K
+  reads = jax.vmap(access.read)(rows, weights)
+  size = state.last_access.shape[0]
   touched = jnp.concatenate([
-      jnp.where(jax.lax.stop_gradient(weights) > ACCESS_THRESHOLD, indices, n).reshape(-1),
-      jnp.where(jax.lax.stop_gradient(write_w) > ACCESS_THRESHOLD, written, n)])
-  last_access = state.last_access.at[touched].set(t, mode="drop")
-  return state._replace(memory=memory, last_access=last_access, read_indices=indices,
+      jnp.where(jax.lax.stop_gradient(weights) > ACCESS_THRESHOLD, indices, size).reshape(-1),
+      jnp.where(jax.lax.stop_gradient(write_w) > ACCESS_THRESHOLD, written, size)])
+  last_access, access_min = _sam_kernels.mark_accessed(state.last_access, state.access_min,
+                                                       touched, t)
+  return state._replace(memory=memory, inv_norms=jax.lax.stop_gradient(inv_norms),
+                        last_access=last_access, access_min=access_min, read_indices=indices,
                         read_weights=weights, read_vectors=reads, step=t + 1)
 
 
@@ -223,10 +249,15 @@ class SAMCell(nnx.RNNCellBase):
     # The previous reads start on slots 0..K-1 with zero weight: the first
     # write then goes to the least recently accessed slot alone.
     indices = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (*batch, r, k))
-    return SAMState(hidden=zeros(c), cell=zeros(c), memory=zeros(n, w),
-                    last_access=jnp.full((*batch, n), -1, jnp.int32), read_indices=indices,
-                    read_weights=zeros(r, k), read_vectors=zeros(r, w),
-                    step=zeros(dtype=jnp.int32))
+    nb = _sam_kernels.num_blocks(n)
+    last_access = jnp.where(jnp.arange(nb * BLOCK) < n, -1, PAD_ACCESS).astype(jnp.int32)
+    access_min = last_access.reshape(nb, BLOCK).min(axis=-1)
+    return SAMState(
+        hidden=zeros(c), cell=zeros(c), memory=zeros(nb, w, BLOCK),
+        inv_norms=jnp.full((*batch, nb, BLOCK), 1 / jnp.sqrt(_sam_kernels.NORM_EPSILON)),
+        last_access=jnp.broadcast_to(last_access, (*batch, nb * BLOCK)),
+        access_min=jnp.broadcast_to(access_min, (*batch, nb)), read_indices=indices,
+        read_weights=zeros(r, k), read_vectors=zeros(r, w), step=zeros(dtype=jnp.int32))
 
   def _clip(self, x: jax.Array) -> jax.Array:
     return x if self.clip_value is None else jnp.clip(x, -self.clip_value, self.clip_value)
