@@ -239,7 +239,10 @@ def _ring_start(valid: jax.Array, inserted_at: jax.Array) -> tuple[jax.Array, ja
   # Full: exactly one place where the time drops, going around the ring.
   drops = jnp.sum(jnp.roll(inserted_at, -1, axis=-1) < inserted_at, axis=-1)
   full_ring = (m == n) & (drops <= 1)
-  start = jnp.where(m == n, jnp.argmin(inserted_at, axis=-1).astype(jnp.int32), m)
+  # The first slot of the oldest item (argmin, written as min + compare: faster on XLA:CPU).
+  oldest = jnp.min(inserted_at, axis=-1, keepdims=True)
+  first = jnp.min(jnp.where(inserted_at == oldest, slot, n), axis=-1)
+  start = jnp.where(m == n, first, m)
   return (prefix & prefix_rising) | full_ring, start
 
 
