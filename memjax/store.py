@@ -671,7 +671,8 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
   The building block of `lookup` (and of the sharded store, which runs it on
   each shard). At most `chunk_size` slots are scored at a time, so the Q x N
   score matrix is never built whole: a first pass keeps only each block's
-  maximum score (a buffer of at most 1/16 of the key table), a second pass
+  maximum score (a buffer of at most 1/16 of the key table, or of 256
+  queries x N / 8 bytes where that is more: small keys), a second pass
   rescores the slots of the k best blocks per query (see the note above).
   Scores are those of the second pass (float32, HIGHEST precision); their
   gradient flows to `queries` and the chosen keys, the choice is constant.
