@@ -149,9 +149,9 @@ def main() -> None:
   parser.add_argument("--window", type=int, default=256)
   parser.add_argument("--top_k", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--list_size", type=int, default=256,
+  parser.add_argument("--list_size", type=int, default=128,
                       help="entries per ivf list (the mean load is 64)")
-  parser.add_argument("--probes", type=int, default=8, help="ivf lists searched per query")
+  parser.add_argument("--probes", type=int, default=4, help="ivf lists searched per query")
   args = parser.parse_args()
   print(f"JAX {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)); "
         f"batch {args.batch}, segment {args.segment}, window {args.window}, "

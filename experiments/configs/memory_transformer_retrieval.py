@@ -73,8 +73,11 @@ def get_config(arg=None):
              probes=8, measure_recall=True)
   c.eval.suites.memory_16k_ivf = dict(
       c.eval.suites.memory_16k.to_dict(), data_from="memory_16k", num_lists=256, **ivf)
+  # At 64k, lists of 2 x the mean load and 4 probes: the setting benchmarks/memory_block.py
+  # times (P L = 512 candidates per query).
   c.eval.suites.memory_64k_ivf = dict(
-      c.eval.suites.memory_64k.to_dict(), data_from="memory_64k", num_lists=1024, **ivf)
+      c.eval.suites.memory_64k.to_dict(), data_from="memory_64k", num_lists=1024,
+      **dict(ivf, list_size=128, probes=4))
 
   if arg == "small":  # the notebook's small setting: about a minute on a 2-core CPU
     c.vocab.num_keys = 32
