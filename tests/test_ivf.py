@@ -42,23 +42,26 @@ def test_search_of_every_list_equals_brute_force_over_the_fifo_window():
 def test_full_list_keeps_its_most_recent_items_and_probes_limit_the_search():
   centroids = jnp.asarray([[1.0, 0.0], [-1.0, 0.0]])
   index = ivf.init(centroids, 3, 1, 100)
-  near_a = np.asarray([[1.0, 0.1 * i] for i in range(5)], np.float32)  # 5 items, cell 0
-  index = ivf.insert(index, near_a[:2], np.arange(2, dtype=np.float32)[:, None])
-  index = ivf.insert(index, near_a[2:], np.arange(2, 5, dtype=np.float32)[:, None])
-  index = ivf.insert(index, np.asarray([[-1.0, 0.0]], np.float32), np.full((1, 1), 5.0))
+  insert = jax.jit(ivf.insert)
+  search = jax.jit(ivf.search, static_argnums=(2, 3))
+  # Items 0-4 near (1, 0) go to cell 0, item 5 = (-1, 0) to cell 1; two per batch.
+  items = np.asarray([[1.0, 0.1 * i] for i in range(5)] + [[-1.0, 0.0]], np.float32)
+  for start in range(0, 6, 2):
+    index = insert(index, items[start:start + 2], np.arange(start, start + 2,
+                                                           dtype=np.float32)[:, None])
   # Cell 0 holds 3 entries: items 2, 3, 4 survive, items 0 and 1 were overwritten.
-  q = jnp.asarray([[1.0, 0.0]])
-  found = ivf.search(index, q, 5, probes=2)
+  found = search(index, jnp.asarray([[1.0, 0.0]]), 5, 2)
   assert sorted(np.asarray(found.ids[0][found.found[0]]).tolist()) == [2, 3, 4, 5]
-  best = ivf.search(index, jnp.asarray([[0.0, 1.0]]), 2, probes=2)
-  np.testing.assert_array_equal(best.ids[0], [4, 3])  # (1, 0.4) and (1, 0.3)
-  np.testing.assert_allclose(best.scores[0], [0.4, 0.3], rtol=1e-6)
-  # One probe: only cell 0 is searched, item 5 (cell 1) is not found.
-  found = ivf.search(index, jnp.asarray([[0.0, -1.0]]), 3, probes=1)
+  np.testing.assert_array_equal(found.values[0, :, 0], np.where(found.found[0], found.ids[0], 0))
+  best = search(index, jnp.asarray([[0.0, 1.0]]), 5, 2)
+  np.testing.assert_array_equal(best.ids[0], [4, 3, 2, 5, -1])  # y = 0.4, 0.3, 0.2; then 0
+  np.testing.assert_allclose(best.scores[0, :4], [0.4, 0.3, 0.2, 0.0], rtol=1e-6, atol=1e-7)
+  # One probe: only cell 0 is searched (the tie of the two cells goes to the lower).
+  found = search(index, jnp.asarray([[0.0, -1.0]]), 3, 1)
   assert set(np.asarray(found.ids[0]).tolist()) == {2, 3, 4}  # not 5, though it scores higher
   # Cleared: nothing is found, the centroids stay.
   empty = ivf.clear(index)
-  assert not bool(ivf.search(empty, q, 2, probes=2).found.any())
+  assert not bool(search(empty, jnp.asarray([[1.0, 0.0]]), 5, 2).found.any())
   np.testing.assert_array_equal(empty.centroids, centroids)
 
 
@@ -75,10 +78,11 @@ def test_batched_search_equals_search_of_each_index_and_kmeans_finds_clusters():
   batch = jax.vmap(jax.vmap(ivf.insert))(batch, keys, keys)
   queries = rng.normal(size=(2, 3, 9, 6)).astype(np.float32)
   got = ivf.search(batch, queries, 4)
+  search = jax.jit(ivf.search, static_argnums=2)
   for b in range(2):
     for h in range(3):
       single = jax.tree.map(lambda x, b=b, h=h: x[b, h], batch)
-      want = ivf.search(single, queries[b, h], 4)
+      want = search(single, queries[b, h], 4)
       np.testing.assert_array_equal(got.ids[b, h], want.ids)
       np.testing.assert_allclose(got.scores[b, h], want.scores, rtol=1e-6)
   with pytest.raises(ValueError, match="probes"):
