@@ -172,11 +172,10 @@ def insert(index: IVFMemory, keys: jax.typing.ArrayLike,
   counts = jax.ops.segment_sum(jnp.ones((b,), jnp.int32), cell, num_segments=c)
   keep = rank >= counts[cell] - size  # a cell given more than L items keeps its last L
   pos = (index.cursor[cell] + rank) % size
-  target = jnp.where(keep, cell * size + pos, c * size)
+  target = jnp.where(keep, cell, c)  # dropped items: a list past the end
 
   def put(table, rows):
-    flat = table.reshape(c * size, *table.shape[2:])
-    return flat.at[target].set(rows.astype(table.dtype), mode="drop").reshape(table.shape)
+    return table.at[target, pos].set(rows.astype(table.dtype), mode="drop")
 
   return index.replace(
       keys=put(index.keys, keys),
