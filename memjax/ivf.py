@@ -172,10 +172,11 @@ def insert(index: IVFMemory, keys: jax.typing.ArrayLike,
   counts = jax.ops.segment_sum(jnp.ones((b,), jnp.int32), cell, num_segments=c)
   keep = rank >= counts[cell] - size  # a cell given more than L items keeps its last L
   pos = (index.cursor[cell] + rank) % size
-  target = jnp.where(keep, cell, c)  # dropped items: a list past the end
+  target = jnp.where(keep, cell * size + pos, c * size)
 
   def put(table, rows):
-    return table.at[target, pos].set(rows.astype(table.dtype), mode="drop")
+    flat = table.reshape(c * size, *table.shape[2:])
+    return flat.at[target].set(rows.astype(table.dtype), mode="drop").reshape(table.shape)
 
   return index.replace(
       keys=put(index.keys, keys),
