@@ -201,10 +201,7 @@ def eviction_order(memory: KVMemory, count: int) -> jax.Array:
   n = memory.num_slots
   slot = jnp.arange(n, dtype=jnp.int32)
   if memory.policy == "fifo":
-    # One integer key suffices: top_k is cheaper than a full sort.
-    big = jnp.int32(2**30)
-    score = jnp.where(memory.valid, -memory.inserted_at, big - slot)
-    return jax.lax.top_k(score, count)[1].astype(jnp.int32)
+    return _fifo_order(memory.valid, memory.inserted_at, count)
   occupied = memory.valid.astype(jnp.int32)
   if memory.policy == "lru":
     keys = (occupied, memory.last_used, memory.inserted_at, slot)
@@ -213,6 +210,72 @@ def eviction_order(memory: KVMemory, count: int) -> jax.Array:
   # Free slots have inserted_at == last_used == -1 and hits == 0, so after the
   # leading `occupied` key they sort by slot index.
   return jax.lax.sort(keys, num_keys=len(keys))[-1][:count]
+
+
+def _fifo_order_top_k(valid: jax.Array, inserted_at: jax.Array, count: int) -> jax.Array:
+  """FIFO order of any memory, [..., count]: one integer key, a top_k (O(N log count))."""
+  n = valid.shape[-1]
+  slot = jnp.arange(n, dtype=jnp.int32)
+  big = jnp.int32(2**30)
+  score = jnp.where(valid, -inserted_at, big - slot)
+  return jax.lax.top_k(score, count)[1].astype(jnp.int32)
+
+
+def _ring_start(valid: jax.Array, inserted_at: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Whether a memory is a ring buffer, and where its FIFO order starts: ([...], [...]).
+
+  A memory filled by inserts alone (no delete, no mask) is either a prefix of
+  m valid slots, oldest first, with free slots after it (order: m, m + 1, ...,
+  then 0, 1, ...), or full with insertion times increasing around the ring
+  from the oldest slot c (order: c, c + 1, ... mod N). In both cases the
+  order is (start + i) mod N, exactly what `_fifo_order_top_k` returns.
+  """
+  n = valid.shape[-1]
+  slot = jnp.arange(n, dtype=jnp.int32)
+  m = jnp.sum(valid, axis=-1, dtype=jnp.int32)
+  prefix = jnp.all(valid == (slot < m[..., None]), axis=-1)
+  rising = inserted_at[..., 1:] > inserted_at[..., :-1]
+  prefix_rising = jnp.all(rising | (slot[1:] >= m[..., None]), axis=-1)
+  # Full: exactly one place where the time drops, going around the ring.
+  drops = jnp.sum(jnp.roll(inserted_at, -1, axis=-1) < inserted_at, axis=-1)
+  full_ring = (m == n) & (drops <= 1)
+  # The first slot of the oldest item (argmin, written as min + compare: faster on XLA:CPU).
+  oldest = jnp.min(inserted_at, axis=-1, keepdims=True)
+  first = jnp.min(jnp.where(inserted_at == oldest, slot, n), axis=-1)
+  start = jnp.where(m == n, first, m)
+  return (prefix & prefix_rising) | full_ring, start
+
+
+def _fifo_order(valid: jax.Array, inserted_at: jax.Array, count: int) -> jax.Array:
+  """FIFO eviction order, [..., count]: O(N) checks and O(count) when the memory is a ring.
+
+  Same result as `_fifo_order_top_k` always: when every memory of the batch
+  is a ring buffer (`_ring_start`), the order is read off the ring; otherwise
+  the top_k runs. Under `jax.vmap` the mapped axis joins the batch, so one
+  `lax.cond` decides for all (vmap would otherwise run both branches).
+  """
+
+  @jax.custom_batching.custom_vmap
+  def run(valid, inserted_at):
+    ring, start = _ring_start(valid, inserted_at)
+    n = valid.shape[-1]
+
+    def from_ring(_):
+      return (start[..., None] + jnp.arange(count, dtype=jnp.int32)) % n
+
+    return jax.lax.cond(jnp.all(ring), from_ring,
+                        lambda _: _fifo_order_top_k(valid, inserted_at, count), None)
+
+  @run.def_vmap
+  def _fold(size, in_batched, valid, inserted_at):
+    valid_b, time_b = in_batched
+    if not valid_b:
+      valid = jnp.broadcast_to(valid, (size, *valid.shape))
+    if not time_b:
+      inserted_at = jnp.broadcast_to(inserted_at, (size, *inserted_at.shape))
+    return run(valid, inserted_at), True
+
+  return run(valid, inserted_at)
 
 
 def insert(memory: KVMemory, keys: jax.typing.ArrayLike, values: jax.typing.ArrayLike, *,
@@ -402,8 +465,12 @@ _SUPER = 64
 # independent ops concurrently, so this is how one device uses several cores.
 _STREAMS = 2
 # The block-maxima buffer stays under this fraction of the key table; more
-# queries than fit are processed in groups.
+# queries than fit are processed in groups, but never fewer than
+# _MIN_QUERY_GROUP per pass: with small keys (Dk = 16, a transformer head) a
+# pass over the table costs few flops per byte read, so it pays to score many
+# queries per pass (the buffer is then at most _MIN_QUERY_GROUP x N / 8 bytes).
 _BLOCK_MAX_FRACTION = 1 / 16
+_MIN_QUERY_GROUP = 256
 # Gathered key elements per rescoring step (bounds the pass-2 buffer).
 _RESCORE_ELEMENTS = 1 << 21
 # Per-stream chunk: scores computed by one matmul, and key elements it reads.
@@ -415,12 +482,15 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def _query_group_size(key_dim: int, itemsize: int) -> int:
   """Queries per pass over the table; depends on the key layout only, never on N."""
   per_query = 4 / _BLOCK  # bytes of block maxima per slot and query
-  return max(16, int(_BLOCK_MAX_FRACTION * key_dim * itemsize / per_query))
+  return max(_MIN_QUERY_GROUP, int(_BLOCK_MAX_FRACTION * key_dim * itemsize / per_query))
 
 
-def _stream_chunk(num_queries: int, key_dim: int, chunk_size: int | None) -> int:
+def _stream_chunk(num_queries: int, key_dim: int, chunk_size: int | None,
+                  batch: int = 1) -> int:
+  """Slots per stream and step; `num_queries` x `batch` queries share each step."""
   if chunk_size is None:
-    chunk = min(_CHUNK_SCORES // max(num_queries, 1), _CHUNK_KEY_ELEMENTS // key_dim)
+    chunk = min(_CHUNK_SCORES // max(num_queries * batch, 1),
+                _CHUNK_KEY_ELEMENTS // (key_dim * batch))
   else:
     chunk = chunk_size // _STREAMS
   return max(_BLOCK, chunk // _BLOCK * _BLOCK)
@@ -529,9 +599,10 @@ def _top_k_group(keys, valid, queries, k, metric, chunk):
   return top, jnp.take_along_axis(slots, where, axis=-1)
 
 
-def _exact_top_k(keys, valid, queries, k, metric, chunk, group):
+def _exact_top_k(keys, valid, queries, k, metric, chunk_size, group):
   """keys [N, Dk] or [B, N, Dk], queries [B, Q, Dk] -> ([B, Q, k], [B, Q, k])."""
   b, q, d = queries.shape
+  chunk = _stream_chunk(min(q, group), d, chunk_size, batch=b)
   if q <= group:
     return _top_k_group(keys, valid, queries, k, metric, chunk)
   groups = -(-q // group)
@@ -542,7 +613,7 @@ def _exact_top_k(keys, valid, queries, k, metric, chunk, group):
   return unfold(scores), unfold(slots)
 
 
-def _select(keys, valid, queries, k, metric, chunk, group):
+def _select(keys, valid, queries, k, metric, chunk_size, group):
   """`_exact_top_k` that stays a batched kernel under any number of `jax.vmap`s.
 
   The choice is constant under differentiation (zero tangents).
@@ -550,7 +621,7 @@ def _select(keys, valid, queries, k, metric, chunk, group):
 
   @jax.custom_batching.custom_vmap
   def run(keys, valid, queries):
-    return _exact_top_k(keys, valid, queries, k, metric, chunk, group)
+    return _exact_top_k(keys, valid, queries, k, metric, chunk_size, group)
 
   @run.def_vmap
   def _fold(size, in_batched, keys, valid, queries):
@@ -600,7 +671,8 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
   The building block of `lookup` (and of the sharded store, which runs it on
   each shard). At most `chunk_size` slots are scored at a time, so the Q x N
   score matrix is never built whole: a first pass keeps only each block's
-  maximum score (a buffer of at most 1/16 of the key table), a second pass
+  maximum score (a buffer of at most 1/16 of the key table, or of 256
+  queries x N / 8 bytes where that is more: small keys), a second pass
   rescores the slots of the k best blocks per query (see the note above).
   Scores are those of the second pass (float32, HIGHEST precision); their
   gradient flows to `queries` and the chosen keys, the choice is constant.
@@ -619,13 +691,12 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
     (scores [Q, k] float32, slots [Q, k] int32); -inf and -1 past the valid items.
   """
   keys, valid, queries = jnp.asarray(keys), jnp.asarray(valid), jnp.asarray(queries)
-  q, d = queries.shape
+  d = queries.shape[1]
   if metric == "cosine":
     queries = _normalize(queries)
   queries = queries.astype(keys.dtype)
   group = _query_group_size(d, jnp.dtype(keys.dtype).itemsize)
-  chunk = _stream_chunk(min(q, group), d, chunk_size)
-  scores, slots = _select(keys, valid, queries[None], k, metric, chunk, group)
+  scores, slots = _select(keys, valid, queries[None], k, metric, chunk_size, group)
   scores, slots = scores[0], slots[0]
   found = jnp.isfinite(scores)
   # The same scores, now differentiable in the queries and the chosen keys.

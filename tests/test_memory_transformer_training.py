@@ -38,8 +38,13 @@ def test_train_and_evaluate_writes_metrics_and_plot_then_resumes(tmp_path):
   assert rows2[:len(rows)] == rows
   assert [r["split"] for r in rows2].count("train_summary") == 1
   assert second["train_seconds"] == first["train_seconds"]
-  assert [(r["suite"], r["distance"]) for r in rows2[len(rows):]] == [("memory", 8), ("memory", 40)]
-  assert [r["memory_size"] for r in rows2[len(rows):]] == [64, 64]
+  assert [(r["suite"], r["distance"]) for r in rows2[len(rows):]] == [
+      ("memory", 8), ("memory", 40), ("memory_ivf", 8), ("memory_ivf", 40)]
+  assert [r["memory_size"] for r in rows2[len(rows):]] == [64, 64, 64, 64]
+  # The approximate-memory suite: same data as "memory", its recall against exact search.
+  ivf_rows = rows2[len(rows) + 2:]
+  assert all(r["search"] == "ivf" and 0.0 <= r["recall"] <= 1.0 for r in ivf_rows)
+  assert [r["count"] for r in ivf_rows] == [r["count"] for r in rows2[len(rows):len(rows) + 2]]
   with np.load(os.path.join(workdir, memory_transformer.PARAMS_FILE)) as f:
     assert all(np.array_equal(f[k], v) for k, v in saved.items())
 

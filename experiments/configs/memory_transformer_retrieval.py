@@ -64,6 +64,20 @@ def get_config(arg=None):
   c.eval.suites.memory_64k = dict(
       use_memory=True, memory_size=65536, batch=4, pairs_per_distance=32,
       distances=(1024, 16384, 32768, 65536))
+  # The same evaluations (same data) with the approximate memory (memjax.ivf):
+  # C = N / 64 k-means cells per head fitted on the keys of other sequences
+  # (calibration_batch x calibration_length tokens), lists of list_size
+  # entries, `probes` lists searched per query; recall@k against the exact
+  # search is measured at every query.
+  ivf = dict(search="ivf", calibration_batch=2, calibration_length=8192, list_size=256,
+             probes=8, measure_recall=True)
+  c.eval.suites.memory_16k_ivf = dict(
+      c.eval.suites.memory_16k.to_dict(), data_from="memory_16k", num_lists=256, **ivf)
+  # At 64k, lists of 2 x the mean load and 4 probes: the setting benchmarks/memory_block.py
+  # times (P L = 512 candidates per query).
+  c.eval.suites.memory_64k_ivf = dict(
+      c.eval.suites.memory_64k.to_dict(), data_from="memory_64k", num_lists=1024,
+      **dict(ivf, list_size=128, probes=4))
 
   if arg == "small":  # the notebook's small setting: about a minute on a 2-core CPU
     c.vocab.num_keys = 32
@@ -104,6 +118,9 @@ def get_config(arg=None):
                                     pairs_per_distance=2, distances=(8, 40))
     c.eval.suites.memory = dict(use_memory=True, memory_size=64, batch=2,
                                 pairs_per_distance=2, distances=(8, 40))
+    c.eval.suites.memory_ivf = dict(c.eval.suites.memory.to_dict(), data_from="memory",
+                                    search="ivf", calibration_batch=2, calibration_length=64,
+                                    num_lists=4, list_size=32, probes=2, measure_recall=True)
   elif arg:
     raise ValueError(f"unknown variant {arg!r}; known: small, smoke")
   return c

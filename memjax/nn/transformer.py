@@ -53,6 +53,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from memjax import ivf
 from memjax import store
 
 _EPSILON = 1e-6
@@ -70,12 +71,17 @@ class BlockState:
       tokens, which the causal key convolution of width C reads.
     memory: a `KVMemory` whose arrays have leading axes [B, H] (keys [B, H, N,
       E]), or None for a block without external memory.
+    index: optional approximate memory, an `ivf.IVFMemory` with leading axes
+      [B, H]. When present the memory attention searches it instead of
+      `memory` (which, when also present, is still written, e.g. to compare
+      the approximate search with the exact one).
   """
   keys: jax.Array
   values: jax.Array
   valid: jax.Array
   key_context: jax.Array
   memory: store.KVMemory | None = None
+  index: ivf.IVFMemory | None = None
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -100,6 +106,22 @@ def empty_memory(batch: int, num_heads: int, memory_size: int, head_dim: int,
   """A `KVMemory` with leading axes [B, H]: one empty memory per sequence and head."""
   one = store.init(memory_size, head_dim, head_dim, policy=policy)
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, num_heads, *x.shape)), one)
+
+
+def empty_index(batch: int, centroids: jax.typing.ArrayLike, memory_size: int,
+                list_size: int, probes: int) -> ivf.IVFMemory:
+  """An `ivf.IVFMemory` with leading axes [B, H], empty, over per-head `centroids` [H, C, E].
+
+  Approximate counterpart of `empty_memory`: a FIFO window of `memory_size`
+  items per sequence and head, C lists of `list_size` entries, `probes` lists
+  searched per query.
+  """
+  centroids = jnp.asarray(centroids, jnp.float32)
+  if centroids.ndim != 3:
+    raise ValueError(f"centroids must have shape [H, C, E]; got {tuple(centroids.shape)}")
+  per_head = jax.vmap(lambda c: ivf.init(c, list_size, c.shape[-1], memory_size,
+                                         probes=probes))(centroids)
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), per_head)
 
 
 def _per_sequence(fn):
@@ -185,29 +207,50 @@ class MemoryAugmentedBlock(nnx.Module):
     self.mlp_in = nnx.Linear(features, mlp_features, rngs=rngs)
     self.mlp_out = nnx.Linear(mlp_features, features, rngs=rngs)
 
-  def init_state(self, batch: int, memory_size: int | None = None) -> BlockState:
+  def init_state(self, batch: int, memory_size: int | None = None, *,
+                 centroids: jax.typing.ArrayLike | None = None, list_size: int | None = None,
+                 probes: int = 1, exact_too: bool = False) -> BlockState:
     """An empty cache, and an empty memory of `memory_size` slots per sequence and head.
 
     Args:
       batch: B.
       memory_size: N; None gives a state without memory, which only runs
         with `use_memory=False` (ignored by a block without memory).
+      centroids: optional [H, C, E] per-head cell centroids (`ivf.kmeans` of
+        sample keys): the memory is then an approximate `ivf.IVFMemory`
+        (FIFO window of N items, C lists of `list_size` entries, `probes`
+        lists searched per query) instead of the exact store.
+      list_size: L, entries per list (default 4 N / C).
+      probes: P, lists searched per query.
+      exact_too: with `centroids`, also keep the exact memory (written, not
+        read), to compare what the two searches find.
 
     Returns:
       The `BlockState` of the start of a document.
     """
     h, w, e = self.num_heads, self.window, self.head_dim
-    memory = None
+    memory = index = None
     if self.use_memory and memory_size is not None:
       if memory_size < self.top_k:
         raise ValueError(f"memory_size must be at least top_k={self.top_k}; got {memory_size}")
-      memory = empty_memory(batch, h, memory_size, e)
+      if centroids is None or exact_too:
+        memory = empty_memory(batch, h, memory_size, e)
+      if centroids is not None:
+        centroids = jnp.asarray(centroids)
+        if centroids.shape[0] != h or centroids.shape[-1] != e:
+          raise ValueError(f"centroids must have shape [H={h}, C, E={e}]; got "
+                           f"{tuple(centroids.shape)}")
+        list_size = list_size or max(1, 4 * memory_size // centroids.shape[1])
+        if probes * list_size < self.top_k:
+          raise ValueError(f"probes x list_size must be at least top_k={self.top_k}; got "
+                           f"{probes} x {list_size}")
+        index = empty_index(batch, centroids, memory_size, list_size, probes)
     return BlockState(
         keys=jnp.zeros((batch, h, w, e), jnp.float32),
         values=jnp.zeros((batch, h, w, e), jnp.float32),
         valid=jnp.zeros((batch, w), bool),
         key_context=jnp.zeros((batch, self.key_conv - 1, self.features), jnp.float32),
-        memory=memory)
+        memory=memory, index=index)
 
   def _heads(self, x: jax.Array) -> jax.Array:
     b, s, _ = x.shape
@@ -276,6 +319,19 @@ class MemoryAugmentedBlock(nnx.Module):
     scale = jnp.broadcast_to(self.scale(), q.shape[:2])
     return _per_sequence(read)(memory, q, scale)
 
+  def index_attention(self, q: jax.Array, index: ivf.IVFMemory) -> jax.Array:
+    """`memory_attention` over an approximate `ivf.IVFMemory` (leading axes [B, H]).
+
+    Args:
+      q: [B, H, S, E] normalised queries.
+      index: the approximate memory.
+
+    Returns:
+      [B, H, S, E]; zeros for a query whose memory is empty.
+    """
+    scale = self.scale()[None, :, None, None]
+    return ivf.attend(jax.lax.stop_gradient(index), q, self.top_k, scale=scale)
+
   def queries_and_keys(self, x: jax.Array,
                        state: BlockState) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Normalised queries and keys, values and raw key projections of a segment.
@@ -336,20 +392,29 @@ class MemoryAugmentedBlock(nnx.Module):
       raise ValueError(f"state has batch {state.keys.shape[0]} but x has batch {x.shape[0]}")
     if reset is not None:
       fresh = self.init_state(x.shape[0], state.memory.num_slots if state.memory else None)
+      if state.index is not None:
+        fresh = fresh.replace(index=ivf.clear(state.index))
       state = _select(jnp.asarray(reset, bool), fresh, state)
     q, k, v, k_raw = self.queries_and_keys(x, state)
     out = self.local_attention(q, k, v, state)
-    memory = state.memory
+    memory, index = state.memory, state.index
     if self.use_memory and use_memory:
-      if memory is None:
+      if memory is None and index is None:
         raise ValueError("use_memory=True needs a state with a memory (init_state(batch, N))")
-      remote = self.memory_attention(q, memory)
-      nonempty = jnp.any(memory.valid, axis=-1)  # [B, H]
+      if index is not None:
+        remote = self.index_attention(q, index)
+        nonempty = index.clock > 0  # [B, H]
+      else:
+        remote = self.memory_attention(q, memory)
+        nonempty = jnp.any(memory.valid, axis=-1)  # [B, H]
       g = self.gate_value()[None, :] * nonempty
       g = g[..., None, None]
       out = g * remote + (1.0 - g) * out
       keys_in, values_in = jax.lax.stop_gradient(k), jax.lax.stop_gradient(v)
-      memory = _per_sequence(store.insert)(memory, keys_in, values_in)
+      if memory is not None:
+        memory = _per_sequence(store.insert)(memory, keys_in, values_in)
+      if index is not None:
+        index = _per_sequence(ivf.insert)(index, keys_in, values_in)
     b, _, s, _ = out.shape
     y = x + self.output(out.transpose(0, 2, 1, 3).reshape(b, s, self.features))
     y = y + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(y))))
@@ -361,7 +426,8 @@ class MemoryAugmentedBlock(nnx.Module):
     key_context = jax.lax.stop_gradient(history[:, history.shape[1] - (self.key_conv - 1):])
     new_state = BlockState(keys=jax.lax.stop_gradient(cache_keys),
                            values=jax.lax.stop_gradient(cache_values),
-                           valid=cache_valid, key_context=key_context, memory=memory)
+                           valid=cache_valid, key_context=key_context, memory=memory,
+                           index=index)
     return y, new_state
 
   def convolve_keys(self, keys: jax.Array, context: jax.Array) -> jax.Array:
@@ -430,12 +496,21 @@ class MemoryTransformer(nnx.Module):
     self.final_norm = nnx.LayerNorm(features, rngs=rngs)
     self.unembed = nnx.Linear(features, vocab_size, rngs=rngs)
 
-  def init_state(self, batch: int, memory_size: int | None) -> tuple[BlockState, ...]:
+  def init_state(self, batch: int, memory_size: int | None, *,
+                 centroids: dict[int, jax.typing.ArrayLike] | None = None,
+                 list_size: int | None = None, probes: int = 1,
+                 exact_too: bool = False) -> tuple[BlockState, ...]:
     """Every block's state at the start of a document; N = `memory_size` slots per head.
 
     `memory_size=None` gives states without memory, for `use_memory=False`.
+    `centroids` ({layer: [H, C, E]}, e.g. from `fit_index_centroids`) makes
+    those layers' memories approximate (`MemoryAugmentedBlock.init_state`).
     """
-    return tuple(block.init_state(batch, memory_size) for block in self.blocks)
+    centroids = centroids or {}
+    return tuple(
+        block.init_state(batch, memory_size, centroids=centroids.get(i), list_size=list_size,
+                         probes=probes, exact_too=exact_too)
+        for i, block in enumerate(self.blocks))
 
   def segment(self, tokens: jax.Array, state: tuple[BlockState, ...], *,
               reset: jax.Array | None = None,
@@ -488,6 +563,38 @@ class MemoryTransformer(nnx.Module):
     xs = (tokens.reshape(b, t, s).swapaxes(0, 1), resets.swapaxes(0, 1))
     state, logits = jax.lax.scan(step, state, xs)
     return logits.swapaxes(0, 1).reshape(b, length, -1), state
+
+
+def fit_index_centroids(model: MemoryTransformer, tokens: jax.typing.ArrayLike,
+                        num_lists: int, *, iterations: int = 10,
+                        seed: int = 0) -> dict[int, jax.Array]:
+  """Per-head IVF centroids for every memory layer, fitted on a sample of its keys.
+
+  Runs `model` over `tokens` with an exact memory long enough to hold every
+  token, then clusters each head's stored keys (`ivf.kmeans`), as faiss
+  trains an IVF index on a sample of the data. Use tokens that are not the
+  evaluation's (another seed of the same task).
+
+  Args:
+    model: the model.
+    tokens: [B, L] calibration tokens, L a multiple of the segment length.
+    num_lists: C, cells per head (at most B x L).
+    iterations: k-means iterations.
+    seed: k-means initial draw.
+
+  Returns:
+    {layer: [H, C, E] float32 unit centroids}.
+  """
+  tokens = jnp.asarray(tokens)
+  b, length = tokens.shape
+  _, state = jax.jit(lambda m, t: m(t, m.init_state(b, length)))(model, tokens)
+  out = {}
+  for layer in model.memory_layers:
+    keys = state[layer].memory.keys  # [B, H, N, E]
+    heads = jnp.swapaxes(keys, 0, 1).reshape(keys.shape[1], -1, keys.shape[-1])
+    out[layer] = jnp.stack([ivf.kmeans(k, num_lists, iterations=iterations, seed=seed + h)
+                            for h, k in enumerate(heads)])
+  return out
 
 
 def data_parallel_mesh(devices: Sequence[jax.Device] | None = None,

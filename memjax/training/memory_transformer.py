@@ -32,6 +32,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from memjax import ivf
 from memjax.nn import transformer
 from memjax.tasks import retrieval
 from memjax.training import metrics
@@ -179,9 +180,26 @@ def _eval_segment_fn(graphdef, use_memory: bool):
   return run
 
 
+def _recall_fn(graphdef):
+  """Per query and head of layer 0: the fraction of the exact top-k that the index returns."""
+  @jax.jit
+  def recall(params, state, tokens):
+    model = nnx.merge(graphdef, params)
+    block, block_state = model.blocks[0], state[0]
+    q, _, _, _ = block.queries_and_keys(model.embed(tokens), block_state)
+    k = block.top_k
+    exact = block.retrieve(model.embed(tokens), block_state).ids  # [B, H, S, k]
+    approx = ivf.search(block_state.index, q, k).ids
+    hits = (exact[..., :, None] == approx[..., None, :]) & (exact[..., :, None] >= 0)
+    return jnp.sum(hits, axis=(-1, -2)) / jnp.maximum(jnp.sum(exact >= 0, axis=-1), 1)
+  return recall
+
+
 def evaluate(model: transformer.MemoryTransformer, batch: retrieval.RetrievalBatch, *,
              memory_size: int, use_memory: bool = True, segment_length: int | None = None,
-             mesh: jax.sharding.Mesh | None = None) -> dict[int, tuple[int, int]]:
+             mesh: jax.sharding.Mesh | None = None,
+             centroids: dict[int, jax.Array] | None = None, list_size: int | None = None,
+             probes: int = 1, measure_recall: bool = False) -> dict[int, tuple[int, int]]:
   """Runs the model over long sequences segment by segment; scores the queries.
 
   Args:
@@ -191,9 +209,18 @@ def evaluate(model: transformer.MemoryTransformer, batch: retrieval.RetrievalBat
     use_memory: False evaluates the same weights without external memory.
     segment_length: tokens per step (default: the model's segment length).
     mesh: optional 'data' mesh to split the batch over.
+    centroids: optional {layer: [H, C, E]}: those layers search an
+      approximate `ivf.IVFMemory` (`fit_index_centroids`) instead of the
+      exact store.
+    list_size: L of the approximate memory's lists.
+    probes: lists its search visits per query.
+    measure_recall: with `centroids` for layer 0, also keep the exact memory
+      and measure, at every query of the batch, the fraction of the exact
+      top-k that the approximate search returns (mean over heads).
 
   Returns:
-    {distance: (correct, count)}.
+    {distance: (correct, count)}; with `measure_recall`, also the key
+    "recall": (summed recall, count) over the queries.
   """
   s = segment_length or model.segment_length
   graphdef, params = nnx.split(model)
@@ -202,15 +229,25 @@ def evaluate(model: transformer.MemoryTransformer, batch: retrieval.RetrievalBat
   b, length = tokens.shape
   if length % s:
     raise ValueError(f"batch length {length} must be a multiple of segment_length={s}")
-  state = model.init_state(b, memory_size if use_memory else None)
+  if measure_recall and (not centroids or 0 not in centroids):
+    raise ValueError("measure_recall needs centroids for layer 0")
+  state = model.init_state(b, memory_size if use_memory else None, centroids=centroids,
+                           list_size=list_size, probes=probes, exact_too=measure_recall)
   if mesh is not None:
     params = transformer.replicate(params, mesh)
     state = transformer.shard_batch(state, mesh)
+  recall_fn = _recall_fn(graphdef) if measure_recall else None
+  recall_sum = recall_count = 0.0
   predictions = []
   for start in range(0, length, s):
     seg = tokens[:, start:start + s]
+    asked = batch.mask[:, start:start + s]
     if mesh is not None:
       seg = transformer.shard_batch(seg, mesh)
+    if recall_fn is not None and asked.any():
+      per_query = np.asarray(recall_fn(params, state, seg)).mean(axis=1)  # [B, S]
+      recall_sum += float(per_query[asked].sum())
+      recall_count += float(asked.sum())
     pred, state = run(params, state, seg)
     predictions.append(np.asarray(pred))
   pred = np.concatenate(predictions, axis=1)
@@ -219,6 +256,8 @@ def evaluate(model: transformer.MemoryTransformer, batch: retrieval.RetrievalBat
   for d in np.unique(batch.distances[batch.mask]):
     at = batch.mask & (batch.distances == d)
     result[int(d)] = (int(correct[at].sum()), int(at.sum()))
+  if measure_recall:
+    result["recall"] = (recall_sum, recall_count)
   return result
 
 
@@ -328,24 +367,58 @@ def run_evaluation(model: transformer.MemoryTransformer, config: ml_collections.
   rows = []
   for name, suite in config.eval.suites.items():
     t0 = time.perf_counter()
-    seed = config.seed + zlib.crc32(name.encode()) % 100_000  # the same data in any run
+    # The same data in any run; `data_from` names another suite to share its data.
+    seed = config.seed + zlib.crc32(str(suite.get("data_from", name)).encode()) % 100_000
     batch = retrieval.evaluation_batch(
         seed, suite.batch, tuple(suite.distances), suite.pairs_per_distance,
         vocab=vocab, segment_length=e.segment_length)
+    search = suite.get("search", "exact")
+    extra, index_args = {}, {}
+    if search == "ivf":
+      # The index is trained on the keys of other sequences of the task
+      # (faiss-style), never on the evaluation's.
+      calibration = retrieval.training_batch(
+          seed + 1, suite.calibration_batch, suite.calibration_length, config.train.max_pairs,
+          vocab=vocab)
+      fit_model = _with_segment_length(model, e.segment_length)
+      t_fit = time.perf_counter()
+      centroids = transformer.fit_index_centroids(fit_model, calibration.tokens,
+                                                  suite.num_lists, seed=seed)
+      extra["fit_seconds"] = time.perf_counter() - t_fit
+      index_args = dict(centroids=centroids, list_size=suite.list_size, probes=suite.probes,
+                        measure_recall=bool(suite.get("measure_recall", False)))
+      extra.update(search="ivf", num_lists=int(suite.num_lists), list_size=int(suite.list_size),
+                   probes=int(suite.probes))
+    elif search != "exact":
+      raise ValueError(f"eval suite {name!r}: search must be 'exact' or 'ivf'; got {search!r}")
     result = evaluate(model, batch, memory_size=suite.memory_size, use_memory=suite.use_memory,
-                      segment_length=e.segment_length, mesh=mesh)
+                      segment_length=e.segment_length, mesh=mesh, **index_args)
     seconds = time.perf_counter() - t0
+    if "recall" in result:
+      total, count = result.pop("recall")
+      extra["recall"] = total / max(count, 1)
+      logging.info("eval %s: recall@%d of the approximate search %.4f over %d queries", name,
+                   config.model.top_k, extra["recall"], count)
     for distance, (correct, count) in sorted(result.items()):
       row = {"split": "eval", "suite": name, "use_memory": bool(suite.use_memory),
              "memory_size": int(suite.memory_size) if suite.use_memory else 0,
              "distance": distance, "accuracy": correct / count, "correct": correct,
-             "count": count, "chance": vocab.chance, "eval_seconds": seconds}
+             "count": count, "chance": vocab.chance, "eval_seconds": seconds, **extra}
       rows.append(row)
       logging.info("eval %s distance %d: accuracy %.4f (%d/%d)", name, distance,
                    correct / count, correct, count)
       if writer is not None:
         writer.write(step, **row)
   return rows
+
+
+def _with_segment_length(model: transformer.MemoryTransformer,
+                         segment_length: int) -> transformer.MemoryTransformer:
+  """The same weights, run in segments of `segment_length` tokens."""
+  graphdef, params = nnx.split(model)
+  other = nnx.merge(graphdef, params)
+  other.segment_length = segment_length
+  return other
 
 
 def _suites_to_run(config: ml_collections.ConfigDict) -> list[str]:
