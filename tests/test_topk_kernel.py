@@ -129,10 +129,14 @@ def test_slot_offset_and_vmap():
   np.testing.assert_array_equal(slots[1], _brute_force(-keys, valid, queries, 5)[1])
 
 
-def test_working_memory_grows_like_n_over_32_not_q_times_n():
+def test_working_memory_grows_like_group_times_n_over_32_not_q_times_n():
   """The Q x N score matrix is never built: beyond fixed-size chunks, the only buffer
-  that grows with N is the block maxima, [16-query group, N / 32] float32."""
-  d, q, k = 8, 64, 8
+  that grows with N is the block maxima of one query group, [group, N / 32] float32.
+  With d = 8 float32 keys the group is the floor of 256 queries; Q = 1024 is four
+  groups, so a buffer over all queries would be four times the bound."""
+  d, q, k = 8, 1024, 8
+  group = store._query_group_size(d, 4)
+  assert group == 256 and q == 4 * group
 
   def temp_bytes(n):
     compiled = jax.jit(lambda kk, v, qq: store.top_k_slots(kk, v, qq, k)).lower(
@@ -142,5 +146,5 @@ def test_working_memory_grows_like_n_over_32_not_q_times_n():
 
   small, large = 1 << 18, 1 << 20
   growth = temp_bytes(large) - temp_bytes(small)
-  assert growth <= 1.5 * 16 * (large - small) // 32 * 4, growth
-  assert temp_bytes(large) < q * large * 4 / 16  # a score matrix would be 256 MiB
+  assert growth <= 1.5 * group * (large - small) // 32 * 4, growth
+  assert temp_bytes(large) < q * large * 4 / 16  # a score matrix would be 4 GiB
