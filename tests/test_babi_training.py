@@ -55,6 +55,7 @@ def test_config_variants_and_validation(tmp_path):
                                 ("encoding", "cnn", "config.encoding"),
                                 ("hops", 0, "config.hops"),
                                 ("random_noise", 1.5, "config.random_noise"),
+                                ("ensemble", 11, "config.ensemble"),
                                 ("tasks", "25", "config.tasks")]:
     bad = memn2n_babi.get_config()
     bad.data_dir = str(tmp_path)
@@ -81,6 +82,43 @@ def test_write_table_counts_mean_and_failures(tmp_path):
   assert (tmp_path / "babi_table.md").read_text() == markdown
 
 
+def test_write_table_with_an_ensemble_column(tmp_path):
+  config = memn2n_babi.get_config("table")
+  rows = [dict(task=t, name=f"t{t}", test_error=e, valid_error=0.0, ensemble_size=5,
+               ensemble_test_error=f) for t, e, f in [(1, 6.0, 4.0), (2, 10.0, 8.0)]]
+  markdown = training.write_table(rows, str(tmp_path), config)
+  summary = json.loads((tmp_path / "babi_table.json").read_text())
+  assert summary["mean_test_error"] == pytest.approx(8.0) and summary["failed_tasks"] == 2
+  assert summary["ensemble_mean_test_error"] == pytest.approx(6.0)
+  assert summary["ensemble_failed_tasks"] == 1 and summary["ensemble_size"] == 5
+  lines = markdown.splitlines()
+  assert "| memjax ensemble of 5 |" in lines[0]
+  assert lines[2].startswith("| 1: t1 | 6.0 | 0.0 | 4.0 | 0.6 |")
+  assert "| **mean error** | **8.0** | 0.0 | **6.0** |" in markdown
+  assert "| **failed (> 5 %)** | **2** | | **1** |" in markdown
+
+
+def test_ensemble_averages_probabilities_of_the_restarts_best_on_validation():
+  # Three restarts, two questions, three answers. Ranking on validation:
+  # restart 2 (acc 0.9), then 0 (0.8, loss 0.3), then 1 (0.8, loss 0.5).
+  probs = np.array([[[0.5, 0.4, 0.1], [0.1, 0.2, 0.7]],
+                    [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]],
+                    [[0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]])
+  run = training.RunResult(
+      None, None, np.array([0.8, 0.8, 0.9]), np.array([0.3, 0.5, 0.1]),
+      probs.argmax(-1), probs.argmax(-1), 2, 0.0, 1, np.log(probs + 1e-12),
+      np.log(probs + 1e-12))
+  np.testing.assert_array_equal(run.ranking, [2, 0, 1])
+  np.testing.assert_array_equal(run.ensemble_predictions(1), [1, 2])  # restart 2 alone
+  # Restarts 2 and 0: means [0.35, 0.55, 0.1] and [0.2, 0.25, 0.55].
+  np.testing.assert_array_equal(run.ensemble_predictions(2), [1, 2])
+  # All three: [0.233, 0.367, 0.4] and [0.467, 0.167, 0.367] (the three
+  # restarts' own answers to question 1 all differ: probabilities decide).
+  np.testing.assert_array_equal(run.ensemble_predictions(3), [2, 0])
+  with pytest.raises(ValueError, match="ensemble size"):
+    run.ensemble_predictions(4)
+
+
 @needs_data
 def test_smoke_run_learns_task_one_and_resumes(tmp_path):
   config = memn2n_babi.get_config("smoke")
@@ -93,6 +131,7 @@ def test_smoke_run_learns_task_one_and_resumes(tmp_path):
   assert row["test_error"] == row["restart_test_error"][row["chosen_restart"]]
   chosen_valid = row["restart_valid_error"][row["chosen_restart"]]
   assert chosen_valid == min(row["restart_valid_error"])  # picked on validation
+  assert row["ensemble_size"] == 2 and row["ensemble_test_error"] < 25.0
   rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert len(rows) == config.linear_start_epochs + config.epochs
   assert rows[-1]["train_error"] < rows[0]["train_error"]

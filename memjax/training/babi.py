@@ -20,6 +20,10 @@ stacked and every step is `jax.vmap`ped over them, and a whole epoch (a
 Each restart keeps the parameters of its best validation epoch (softmax
 phase); the restart with the best validation accuracy (ties: lower
 validation loss) is the one reported. Test data are used only to report.
+With `config.ensemble` = m > 1 the table also reports an ensemble: the m
+restarts best on validation (same ranking), their answer probabilities
+averaged; a different system from the paper's single models, in its own
+column.
 
 Training follows Sukhbaatar et al. (2015), Sec. 4.2, unless the config says
 otherwise: 10 % of the training questions held out, SGD on the batch-summed
@@ -115,6 +119,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                "decay_every", "eval_batch_size"):
     if int(config[name]) < 1:
       raise ValueError(f"config.{name} must be >= 1; got {config[name]}")
+  if not 1 <= int(config.get("ensemble", 1)) <= int(config.restarts):
+    raise ValueError(f"config.ensemble must be in [1, config.restarts={config.restarts}]; "
+                     f"got {config.ensemble}")
   if int(config.linear_start_epochs) < 0:
     raise ValueError(f"config.linear_start_epochs must be >= 0; got "
                      f"{config.linear_start_epochs}")
@@ -183,6 +190,26 @@ class RunResult(NamedTuple):
   chosen: int
   seconds: float
   epochs: int
+  test_log_probs: np.ndarray | None = None   # [R, N_test, V] of best_params
+  valid_log_probs: np.ndarray | None = None  # [R, N_valid, V]
+
+  @property
+  def ranking(self) -> np.ndarray:
+    """Restarts best first: higher validation accuracy, then lower validation loss."""
+    return np.lexsort((self.valid_loss, -self.valid_accuracy))
+
+  def ensemble_predictions(self, size: int, split: str = "test") -> np.ndarray:
+    """[N] answers of the `size` restarts best on validation, probabilities averaged.
+
+    The members are chosen by validation alone; size 1 is the chosen restart.
+    """
+    log_probs = self.test_log_probs if split == "test" else self.valid_log_probs
+    if log_probs is None:
+      raise ValueError("this RunResult holds no log-probabilities")
+    if not 1 <= size <= log_probs.shape[0]:
+      raise ValueError(f"ensemble size must be in [1, {log_probs.shape[0]}]; got {size}")
+    members = self.ranking[:size]
+    return np.argmax(np.exp(log_probs[members]).mean(axis=0), axis=-1)
 
 
 def _device_split(arrays: babi.BabiArrays, story_index: np.ndarray) -> Split:
@@ -236,7 +263,8 @@ class Trainer:
     return self._epoch_jit(state, lr, linear, self.arrays)
 
   def predict_fn(self, params, split: Split):
-    """(cross entropy, prediction, attention) [R, N, ...] of stacked params on a split."""
+    """(cross entropy, prediction, attention, log-probabilities) [R, N, ...] of stacked
+    params on a split."""
     return self._predict_jit(params, self.arrays.sentences, split)
 
   def _model(self, key: jax.Array) -> nnx.Module:
@@ -305,7 +333,8 @@ class Trainer:
     return params, opt_state, jnp.sum(loss) / n, jnp.sum(correct) / n
 
   def _predict(self, params, sentences, split: Split):
-    """(cross entropy [N], predicted answer [N], attention [N, K, M]) in chunks."""
+    """(cross entropy [N], predicted answer [N], attention [N, K, M], log-probabilities
+    [N, V]) in chunks."""
     n = split.answer.shape[0]
     chunk = min(int(self.config.eval_batch_size), n)
     chunks = -(-n // chunk)
@@ -314,11 +343,11 @@ class Trainer:
     def run(i):
       out = self._forward(params, sentences, split, i, None, False)
       ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, split.answer[i])
-      return ce, jnp.argmax(out.logits, axis=-1), out.attention
+      return (ce, jnp.argmax(out.logits, axis=-1), out.attention,
+              jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1))
 
-    ce, pred, attention = jax.lax.map(run, idx)
-    flat = lambda x: x.reshape((-1, *x.shape[2:]))[:n]
-    return flat(ce), flat(pred), flat(attention)
+    outputs = jax.lax.map(run, idx)
+    return tuple(x.reshape((-1, *x.shape[2:]))[:n] for x in outputs)
 
   # -- all restarts --
 
@@ -333,7 +362,7 @@ class Trainer:
     params, opt_state, loss, acc = self._over_restarts(
         lambda *a: self._train_epoch(*a, arrays))(
             state.params, state.opt_state, keys[:, 0], lr, linear)
-    ce, pred, _ = self._over_restarts(
+    ce, pred, _, _ = self._over_restarts(
         lambda p: self._predict(p, arrays.sentences, arrays.valid))(params)
     valid_loss = jnp.mean(ce, axis=1)
     valid_acc = jnp.mean((pred == arrays.valid.answer[None]).astype(jnp.float32), axis=1)
@@ -363,13 +392,14 @@ class Trainer:
       softmax_epochs += ~linear
       if on_epoch is not None:
         on_epoch(epoch + 1, total, jax.device_get(metrics), np.asarray(state.best_accuracy))
-    _, test_pred, _ = self.predict_fn(state.best_params, self.arrays.test)
-    _, valid_pred, _ = self.predict_fn(state.best_params, self.arrays.valid)
+    _, test_pred, _, test_logp = self.predict_fn(state.best_params, self.arrays.test)
+    _, valid_pred, _, valid_logp = self.predict_fn(state.best_params, self.arrays.valid)
     best_acc, best_loss = np.asarray(state.best_accuracy), np.asarray(state.best_loss)
     chosen = int(np.lexsort((best_loss, -best_acc))[0])
     return RunResult(self.graphdef, state.best_params, best_acc, best_loss,
                      np.asarray(test_pred), np.asarray(valid_pred), chosen,
-                     time.perf_counter() - start, total)
+                     time.perf_counter() - start, total, np.asarray(test_logp),
+                     np.asarray(valid_logp))
 
   def model(self, params: Any, restart: int) -> nnx.Module:
     """The trained model of one restart."""
@@ -402,27 +432,42 @@ def write_table(results: list[dict[str, Any]], workdir: str, config: ml_collecti
   failed = int(sum(e > FAIL_THRESHOLD for e in ours))
   tasks = [r["task"] for r in rows]
   label = "memjax " + ("joint" if config.joint else "per task")
+  # The ensemble column: only when every row has one (a config with ensemble > 1).
+  ens = all("ensemble_test_error" in r for r in rows) and bool(rows)
+  ens_head = f" memjax ensemble of {rows[0]['ensemble_size']} |" if ens else ""
   lines = [
-      f"| task | {label} | valid | " + " | ".join(f"paper {k}" for k in PAPER) + " |",
-      "| --- | ---: | ---: | " + " | ".join("---:" for _ in PAPER) + " |",
+      f"| task | {label} | valid |{ens_head} " +
+      " | ".join(f"paper {k}" for k in PAPER) + " |",
+      "| --- | ---: | ---: |" + (" ---: |" if ens else "") + " " +
+      " | ".join("---:" for _ in PAPER) + " |",
   ]
   for r in rows:
     t = r["task"]
-    lines.append(f"| {t}: {r['name']} | {r['test_error']:.1f} | {r['valid_error']:.1f} | " +
+    cell = f" {r['ensemble_test_error']:.1f} |" if ens else ""
+    lines.append(f"| {t}: {r['name']} | {r['test_error']:.1f} | {r['valid_error']:.1f} |{cell} " +
                  " | ".join(f"{col[t - 1]:.1f}" for col in PAPER.values()) + " |")
+  if ens:
+    ens_errors = [r["ensemble_test_error"] for r in rows]
+    ens_mean = float(np.mean(ens_errors))
+    ens_failed = int(sum(e > FAIL_THRESHOLD for e in ens_errors))
   paper_means = {k: float(np.mean([col[t - 1] for t in tasks])) for k, col in PAPER.items()}
   paper_failed = {k: int(sum(col[t - 1] > FAIL_THRESHOLD for t in tasks))
                   for k, col in PAPER.items()}
   lines.append(f"| **mean error** | **{mean:.1f}** | "
-               f"{np.mean([r['valid_error'] for r in rows]):.1f} | " +
+               f"{np.mean([r['valid_error'] for r in rows]):.1f} |" +
+               (f" **{ens_mean:.1f}** |" if ens else "") + " " +
                " | ".join(f"{v:.1f}" for v in paper_means.values()) + " |")
-  lines.append(f"| **failed (> 5 %)** | **{failed}** | | " +
+  lines.append(f"| **failed (> 5 %)** | **{failed}** | |" +
+               (f" **{ens_failed}** |" if ens else "") + " " +
                " | ".join(str(v) for v in paper_failed.values()) + " |")
   markdown = "\n".join(lines) + "\n"
   summary = dict(model=config.model, joint=bool(config.joint), restarts=int(config.restarts),
                  tasks=tasks, mean_test_error=mean, failed_tasks=failed,
                  paper_mean_test_error=paper_means, paper_failed_tasks=paper_failed,
                  train_seconds=seconds, rows=rows, config=_config_key(config))
+  if ens:
+    summary.update(ensemble_size=rows[0]["ensemble_size"], ensemble_mean_test_error=ens_mean,
+                   ensemble_failed_tasks=ens_failed)
   with open(os.path.join(workdir, "babi_table.md"), "w") as f:
     f.write(markdown)
   with open(os.path.join(workdir, "babi_table.json"), "w") as f:
@@ -496,11 +541,15 @@ def train_data(config: ml_collections.ConfigDict, tasks: tuple[int, ...], seed: 
   return trainer, trainer.fit(seed, on_epoch=on_epoch)
 
 
-def _result_rows(data: babi.BabiData, run: RunResult) -> list[dict[str, Any]]:
+def _result_rows(data: babi.BabiData, run: RunResult, ensemble: int = 1
+                 ) -> list[dict[str, Any]]:
   per_restart = [task_errors(data, run.test_predictions[r]) for r in
                  range(run.test_predictions.shape[0])]
   per_restart_valid = [task_errors(data, run.valid_predictions[r], "valid") for r in
                        range(run.valid_predictions.shape[0])]
+  if ensemble > 1:
+    ensemble_test = task_errors(data, run.ensemble_predictions(ensemble))
+    ensemble_valid = task_errors(data, run.ensemble_predictions(ensemble, "valid"), "valid")
   rows = []
   for t in data.tasks:
     # Joint training picks on the validation error over all tasks; this is per task.
@@ -511,6 +560,9 @@ def _result_rows(data: babi.BabiData, run: RunResult) -> list[dict[str, Any]]:
         restart_valid_error=[float(v) for v in valid_error],
         restart_test_error=[p[t] for p in per_restart],
         train_seconds=run.seconds, epochs=run.epochs))
+    if ensemble > 1:
+      rows[-1].update(ensemble_size=ensemble, ensemble_test_error=ensemble_test[t],
+                      ensemble_valid_error=ensemble_valid[t])
   return rows
 
 
@@ -531,11 +583,15 @@ def _run(config: ml_collections.ConfigDict, run_tasks: tuple[int, ...], workdir:
   progress = Progress(epochs * total_runs, start_step=index * epochs)
   seed = int(config.seed) + (0 if config.joint else 1000 * run_tasks[0])
   trainer, run = train_data(config, run_tasks, seed, writer, progress, index * epochs, label)
-  rows = _result_rows(trainer.data, run)
+  rows = _result_rows(trainer.data, run, int(config.get("ensemble", 1)))
   for r in rows:
     logging.info("task %d (%s): test error %.1f %% (restart %d of %d, valid error %.1f %%), "
                  "%.0f s", r["task"], r["name"], r["test_error"], run.chosen + 1,
                  len(run.valid_accuracy), r["valid_error"], run.seconds)
+    if "ensemble_test_error" in r:
+      logging.info("task %d: test error %.1f %% for the %d restarts best on validation, "
+                   "probabilities averaged", r["task"], r["ensemble_test_error"],
+                   r["ensemble_size"])
   if config.plot:
     for t in run_tasks[:1] if config.joint else run_tasks:
       model = trainer.model(run.best_params, run.chosen)
