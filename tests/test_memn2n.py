@@ -94,6 +94,48 @@ def test_masked_softmax():
     memn2n.masked_softmax(scores, mask[:3])
 
 
+def test_masked_softmax_with_zero_entries_left_out():
+  # Three entries with score 0 that are not in the array: the weights are the
+  # first four of a softmax over seven (NumPy), the masked one still 0.
+  scores = np.array([1.0, 3.0, -2.0, 0.5], np.float32)
+  mask = np.array([True, True, False, True])
+  full = np.concatenate([np.where(mask, scores, -np.inf), np.zeros(3)])
+  want = (np.exp(full) / np.exp(full).sum())[:4]
+  got = np.asarray(memn2n.masked_softmax(scores, mask, extra_zeros=3))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert got[2] == 0.0 and got.sum() < 1.0
+  # All scores far below zero: the zero entries take the weight (no overflow).
+  low = np.array([-20.0, -30.0], np.float32)
+  got = np.asarray(memn2n.masked_softmax(low, np.ones(2, bool), extra_zeros=2))
+  np.testing.assert_allclose(got, np.exp(low) / (np.exp(low).sum() + 2.0), rtol=1e-5)
+  assert np.all(got > 0)
+  with pytest.raises(ValueError, match="extra_zeros must be an integer >= 0"):
+    memn2n.masked_softmax(scores, mask, extra_zeros=-1)
+
+
+def test_a_memory_cut_after_its_last_story_gives_the_whole_memorys_answers():
+  # total_slots: the memory's first S slots stand for all M, the rest empty.
+  rng = np.random.default_rng(7)
+  for model in (memn2n.MemN2N(V, D, hops=3, memory_size=M, rngs=nnx.Rngs(0)),
+                memn2n.KeyValueMemoryNetwork(V, D, hops=2, memory_size=M, rngs=nnx.Rngs(0))):
+    story, question, _ = random_batch(rng)
+    mask = np.arange(M)[None] < np.array([[2], [3], [1]])  # stories of at most 3 sentences
+    time = np.array([0, 2, 3, 3, 4])
+    whole = model(story, question, mask, time=time)
+    memory = model.embed_memory(story[:, :3])
+    u = model.embed_question(question)
+    cut = model.answer(memory, u, mask[:, :3], time=time[:3], total_slots=M)
+    np.testing.assert_allclose(cut.logits, whole.logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cut.attention, whole.attention[:, :, :3], rtol=1e-5, atol=1e-7)
+    plain = model.answer(memory, u, mask[:, :3], time=time[:3])  # 3 slots, not M
+    assert not np.allclose(plain.logits, whole.logits, rtol=1e-3)
+    linear = model.answer(memory, u, mask[:, :3], time=time[:3], total_slots=M, linear=True)
+    np.testing.assert_allclose(linear.logits, model(story, question, mask, time=time,
+                                                    linear=True).logits, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="total_slots must be an integer in"):
+      model.answer(memory, u, mask[:, :3], total_slots=M + 1)
+
+
 def test_read_memory_and_linear_addressing():
   rng = np.random.default_rng(1)
   query = rng.normal(size=D).astype(np.float32)

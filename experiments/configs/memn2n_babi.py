@@ -41,6 +41,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.encoding = "position"
   config.temporal = True
   config.memory_size = 50     # the last 50 sentences of a story
+  # Memory buckets: a batch holds questions whose stories fit one bucket and
+  # its memory is cut to that size; the numbers are those of the whole memory
+  # (the cut slots are empty and still count in the softmax), the work is
+  # that of the bucket. () = one bucket. Batches then mix only questions of
+  # one bucket, and all restarts see the batches in the same order.
+  config.memory_buckets = ()
   config.attend_empty = True  # empty slots stay in the softmax as zero vectors (authors' code)
   config.init_std = 0.1
   # Training (Sec. 4.2).
@@ -81,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.linear_start_epochs = 30
     config.embed = "batch"
     config.ensemble = 5
+    config.memory_buckets = (4, 8, 12, 16, 24, 32)
   elif variant == "kv":
     config.model = "kv"
   elif variant == "smoke":

@@ -162,36 +162,51 @@ def encode_sentences(table: jax.typing.ArrayLike, ids: jax.typing.ArrayLike,
   return out.astype(table.dtype)
 
 
-def masked_softmax(scores: jax.typing.ArrayLike, mask: jax.typing.ArrayLike) -> jax.Array:
+def masked_softmax(scores: jax.typing.ArrayLike, mask: jax.typing.ArrayLike,
+                   extra_zeros: int = 0) -> jax.Array:
   """Softmax over the last axis restricted to `mask`; masked entries get 0.
 
   A row whose mask is all false gives all zeros (an empty memory is read as
   the zero vector). Computed in float32 for half-precision input.
 
+  `extra_zeros` = E counts entries that are not in `scores` but take part in
+  the softmax with score 0 (empty memory slots left out of a shorter array,
+  see `MemN2N.answer`'s `total_slots`): the returned weights are those of the
+  first N entries of a softmax over N + E, so they sum to less than 1.
+
   Args:
     scores: [..., N] match scores.
     mask: [..., N] bool, true where a slot holds an item.
+    extra_zeros: E >= 0, a Python int.
 
   Returns:
-    [..., N] weights that sum to 1 over the masked-in entries.
+    [..., N] weights that sum to 1 over the masked-in entries (with E > 0:
+    to 1 minus the E extra entries' share).
   """
   scores = _checks.floating(scores, "scores", range(1, 8), "[..., N]")
   mask = _checks.as_array(mask, "mask")
   if mask.shape != scores.shape:
     raise ValueError(f"mask must have the shape of scores {tuple(scores.shape)}; got "
                      f"{tuple(mask.shape)}")
+  if not isinstance(extra_zeros, (int, np.integer)) or extra_zeros < 0:
+    raise ValueError(f"extra_zeros must be an integer >= 0; got {extra_zeros!r}")
   mask = mask.astype(bool)
   dtype = _checks.compute_dtype(scores.dtype)
   s = jnp.where(mask, scores.astype(dtype), -jnp.inf)
   top = jnp.max(s, axis=-1, keepdims=True)
+  if extra_zeros:
+    top = jnp.maximum(top, 0.0)
   top = jnp.where(jnp.isfinite(top), top, 0.0)
-  e = jnp.where(mask, jnp.exp(s - jax.lax.stop_gradient(top)), 0.0)
+  top = jax.lax.stop_gradient(top)
+  e = jnp.where(mask, jnp.exp(s - top), 0.0)
   total = jnp.sum(e, axis=-1, keepdims=True)
+  if extra_zeros:
+    total = total + extra_zeros * jnp.exp(-top)
   return (e / jnp.where(total > 0, total, 1.0)).astype(scores.dtype)
 
 
 def address(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike, mask: jax.typing.ArrayLike,
-            linear: jax.typing.ArrayLike = False) -> jax.Array:
+            linear: jax.typing.ArrayLike = False, extra_zeros: int = 0) -> jax.Array:
   """Attention over memory slots: p = softmax(keys @ query) (eq. 1).
 
   With `linear` true the softmax is left out (p = keys @ query on the valid
@@ -202,6 +217,8 @@ def address(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike, mask: jax.t
     keys: [N, d] memory vectors m_i.
     mask: [N] bool, valid slots.
     linear: bool (Python or traced scalar): skip the softmax.
+    extra_zeros: empty slots beyond the N given, in the softmax with score 0
+      (see `masked_softmax`); they add nothing without the softmax.
 
   Returns:
     [N] weights p, 0 on invalid slots.
@@ -213,14 +230,18 @@ def address(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike, mask: jax.t
   if mask.shape != keys.shape[:1]:
     raise ValueError(f"mask must have shape [N] = {keys.shape[:1]}; got {tuple(mask.shape)}")
   scores = keys @ query
+  if isinstance(linear, bool) and linear:
+    return scores * mask
+  soft = masked_softmax(scores, mask, extra_zeros)
   if isinstance(linear, bool):
-    return scores * mask if linear else masked_softmax(scores, mask)
-  return jnp.where(linear, scores * mask, masked_softmax(scores, mask))
+    return soft
+  return jnp.where(linear, scores * mask, soft)
 
 
 def read_memory(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike,
                 values: jax.typing.ArrayLike, mask: jax.typing.ArrayLike,
-                linear: jax.typing.ArrayLike = False) -> tuple[jax.Array, jax.Array]:
+                linear: jax.typing.ArrayLike = False,
+                extra_zeros: int = 0) -> tuple[jax.Array, jax.Array]:
   """One memory hop: address by `keys`, read the weighted sum of `values` (eqs. 1-2).
 
   o = sum_i p_i c_i with p = softmax(u . m_i); the sum is `memjax.access.read`.
@@ -231,12 +252,13 @@ def read_memory(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike,
     values: [N, dv] output memory c_i (or values).
     mask: [N] bool, valid slots.
     linear: skip the softmax (linear start).
+    extra_zeros: zero slots beyond the N given, in the softmax (`address`).
 
   Returns:
     (o [dv], p [N]).
   """
   values = _checks.floating(values, "values", 2, "[N, dv]")
-  weights = address(query, keys, mask, linear)
+  weights = address(query, keys, mask, linear, extra_zeros)
   _checks.check_dim(values, 0, weights.shape[0], "values", "the slot count N of keys")
   return access.read(values, weights), weights
 
@@ -385,6 +407,17 @@ def _time_indices(time, batch: int, memory_size: int) -> jax.Array | None:
   return jnp.broadcast_to(jnp.asarray(time), (batch, memory_size))
 
 
+def _extra_slots(slots: int, total_slots: int | None, memory_size: int,
+                 attend_empty: bool) -> int:
+  """Empty slots left out of a memory of `slots` that stay in the softmax."""
+  if total_slots is None:
+    return 0
+  if not isinstance(total_slots, (int, np.integer)) or not slots <= total_slots <= memory_size:
+    raise ValueError(f"total_slots must be an integer in [{slots}, memory_size={memory_size}] "
+                     f"(the memory has {slots} slots); got {total_slots!r}")
+  return int(total_slots - slots) if attend_empty else 0
+
+
 class MemN2N(nnx.Module):
   """End-To-End Memory Network (Sukhbaatar et al. 2015) for question answering.
 
@@ -461,7 +494,8 @@ class MemN2N(nnx.Module):
 
   def answer(self, memory: jax.Array, question: jax.Array, mask: jax.typing.ArrayLike, *,
              time: jax.typing.ArrayLike | None = None,
-             linear: jax.typing.ArrayLike = False) -> MemoryNetworkOutput:
+             linear: jax.typing.ArrayLike = False,
+             total_slots: int | None = None) -> MemoryNetworkOutput:
     """Hops over an embedded memory and scores the answers.
 
     Args:
@@ -471,6 +505,11 @@ class MemN2N(nnx.Module):
       time: [B, M] or [M] time index of each slot (default arange(M): slot i
         is i sentences before the question); see `random_time`.
       linear: leave out the softmax of every hop (linear start).
+      total_slots: the size of the memory that `memory` is the first M slots
+      of, the slots after them empty (default M). With `attend_empty` those
+      total_slots - M empty slots stay in every softmax, so a batch of short
+      stories can be cut to its longest story and give the numbers of the
+      whole memory (the trainer's memory buckets).
 
     Returns:
       `MemoryNetworkOutput` with logits [B, V] and attention [B, K, M].
@@ -481,6 +520,7 @@ class MemN2N(nnx.Module):
     if slots > self.memory_size:
       raise ValueError(f"memory has {slots} slots; the model was built for memory_size="
                        f"{self.memory_size}")
+    extra = _extra_slots(slots, total_slots, self.memory_size, self.attend_empty)
     time = _time_indices(time, batch, slots)
     memory = memory + jnp.stack([enc.time_encoding(time, slots) for enc in self.encoders],
                                 axis=-2)
@@ -492,7 +532,7 @@ class MemN2N(nnx.Module):
       weights = []
       for hop in range(self.hops):
         a, c = self._tables(hop)
-        o, p = read_memory(u, mem[:, a], mem[:, c], valid, linear)
+        o, p = read_memory(u, mem[:, a], mem[:, c], valid, linear, extra)
         u = (u if hop_map is None else hop_map @ u) + o
         weights.append(p)
       return u, jnp.stack(weights)
@@ -544,7 +584,8 @@ class KeyValueReader(nnx.Module):
 
   def __call__(self, query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike,
                values: jax.typing.ArrayLike, mask: jax.typing.ArrayLike, *,
-               linear: jax.typing.ArrayLike = False) -> tuple[jax.Array, jax.Array]:
+               linear: jax.typing.ArrayLike = False,
+               extra_zeros: int = 0) -> tuple[jax.Array, jax.Array]:
     """Reads the memory H times.
 
     Args:
@@ -553,6 +594,8 @@ class KeyValueReader(nnx.Module):
       values: [B, N, d] embedded values.
       mask: [B, N] bool, valid slots.
       linear: leave out the softmax (linear start).
+      extra_zeros: zero keys and values beyond the N given, in every softmax
+        (see `masked_softmax`).
 
     Returns:
       (q [B, d] the final query, attention [B, H, N]).
@@ -577,7 +620,7 @@ class KeyValueReader(nnx.Module):
     def one(q, k, v, valid):
       weights = []
       for hop in range(self.hops):
-        o, p = read_memory(q, k, v, valid, linear)
+        o, p = read_memory(q, k, v, valid, linear, extra_zeros)
         q = maps[hop] @ (q + o)
         weights.append(p)
       return q, jnp.stack(weights)
@@ -640,18 +683,21 @@ class KeyValueMemoryNetwork(nnx.Module):
 
   def answer(self, memory: jax.Array, question: jax.Array, mask: jax.typing.ArrayLike, *,
              time: jax.typing.ArrayLike | None = None,
-             linear: jax.typing.ArrayLike = False) -> MemoryNetworkOutput:
+             linear: jax.typing.ArrayLike = False,
+             total_slots: int | None = None) -> MemoryNetworkOutput:
     """Like `MemN2N.answer`: memory [B, M, 2, d] (keys, values), question [B, d]."""
     mask = jnp.asarray(mask)
     _check_memory_inputs(memory, question, mask, 2, self.embed_dim)
     batch, slots = mask.shape
+    extra = _extra_slots(slots, total_slots, self.memory_size, self.attend_empty)
     time = _time_indices(time, batch, slots)
     keys = memory[:, :, 0] + self.key_encoder.time_encoding(time, slots)
     values = memory[:, :, 1] + self.value_encoder.time_encoding(time, slots)
     if self.attend_empty:
       memory, mask = _empty_slots_as_zeros(jnp.stack([keys, values], axis=2), mask)
       keys, values = memory[:, :, 0], memory[:, :, 1]
-    state, attention = self.reader(question, keys, values, mask, linear=linear)
+    state, attention = self.reader(question, keys, values, mask, linear=linear,
+                                   extra_zeros=extra)
     return MemoryNetworkOutput(state @ self.output[...].T, attention)
 
   def __call__(self, story: jax.typing.ArrayLike, question: jax.typing.ArrayLike,

@@ -106,6 +106,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("restart_batching", "vmap") not in ("vmap", "map"):
     raise ValueError(f"config.restart_batching must be 'vmap' or 'map'; got "
                      f"{config.restart_batching!r}")
+  memory_buckets(config.get("memory_buckets", ()), int(config.memory_size))
   if config.get("embed", "table") not in ("auto", "table", "batch"):
     raise ValueError(f"config.embed must be 'auto', 'table' or 'batch'; got {config.embed!r}")
   if config.optimizer not in OPTIMIZERS:
@@ -159,6 +160,8 @@ class Split(NamedTuple):
   question: jax.Array  # [N, L]
   answer: jax.Array    # [N]
   size: jax.Array      # [N] sentences in memory
+  groups: tuple = ()   # per memory bucket: [N_b] the questions whose story fits it
+  inverse: Any = None  # [N] position of each question in the concatenated groups
 
 
 class Arrays(NamedTuple):
@@ -212,10 +215,36 @@ class RunResult(NamedTuple):
     return np.argmax(np.exp(log_probs[members]).mean(axis=0), axis=-1)
 
 
-def _device_split(arrays: babi.BabiArrays, story_index: np.ndarray) -> Split:
+def memory_buckets(spec: Any, memory_size: int) -> tuple[int, ...]:
+  """The memory bucket sizes of `config.memory_buckets`, capped at and ending with M.
+
+  A question goes to the smallest bucket that holds its story, and a batch
+  holds questions of one bucket only, so its memory is cut to that size (the
+  empty slots after it still count in the softmax: `MemN2N.answer`'s
+  `total_slots`). `()` gives one bucket, the whole memory.
+  """
+  sizes = []
+  for value in spec or ():
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"config.memory_buckets must hold integers >= 1; got {tuple(spec)}")
+    sizes.append(min(int(value), memory_size))
+  return tuple(sorted(set(sizes) | {memory_size}))
+
+
+def _groups(size: np.ndarray, buckets: tuple[int, ...]) -> list[np.ndarray]:
+  """Question indices per bucket (the smallest bucket holding the story)."""
+  which = np.searchsorted(np.asarray(buckets), np.maximum(size, 1))
+  return [np.flatnonzero(which == b).astype(np.int32) for b in range(len(buckets))]
+
+
+def _device_split(arrays: babi.BabiArrays, story_index: np.ndarray,
+                  buckets: tuple[int, ...]) -> Split:
+  groups = _groups(arrays.story_size, buckets)
+  inverse = np.argsort(np.concatenate(groups)).astype(np.int32)
   return Split(jnp.asarray(story_index), jnp.asarray(arrays.memory_mask),
                jnp.asarray(arrays.question), jnp.asarray(arrays.answer),
-               jnp.asarray(arrays.story_size))
+               jnp.asarray(arrays.story_size), tuple(jnp.asarray(g) for g in groups),
+               jnp.asarray(inverse))
 
 
 def _select(mask: jax.Array, new: Any, old: Any) -> Any:
@@ -238,10 +267,12 @@ class Trainer:
     self.data = data
     sentences, (train_ix, valid_ix, test_ix) = babi.sentence_table(data.train, data.valid,
                                                                    data.test)
+    self.buckets = memory_buckets(config.get("memory_buckets", ()), data.memory_size)
     # Passed as arguments rather than captured: constants would be baked into
     # the compiled program and slow compilation down.
-    self.arrays = Arrays(jnp.asarray(sentences), _device_split(data.train, train_ix),
-                         _device_split(data.valid, valid_ix), _device_split(data.test, test_ix))
+    split = lambda arrays, index: _device_split(arrays, index, self.buckets)
+    self.arrays = Arrays(jnp.asarray(sentences), split(data.train, train_ix),
+                         split(data.valid, valid_ix), split(data.test, test_ix))
     self.num_sentences = sentences.shape[0]
     # Embed the distinct sentences once per step, or each batch's own ones.
     embed = config.get("embed", "table")
@@ -283,32 +314,69 @@ class Trainer:
 
   # -- one restart --
 
-  def _forward(self, params, sentences, split: Split, idx: jax.Array, time_index, linear):
+  def _forward(self, params, sentences, split: Split, idx: jax.Array, time_index, linear,
+               slots: int | None = None):
+    """The model on questions `idx`, their memories cut to the first `slots` slots."""
     model = nnx.merge(self.graphdef, params)
+    slots = self.memory_size if slots is None else slots
+    story = split.story[idx][:, :slots]
     if self.embed_batch:
       # Only the sentences of the batch, by gathering word embeddings: cheaper
       # than the whole sentence table when it is large (joint training).
-      memory = model.embed_memory(jnp.take(sentences, split.story[idx], axis=0), dense=False)
+      memory = model.embed_memory(jnp.take(sentences, story, axis=0), dense=False)
     else:
-      memory = jnp.take(model.embed_memory(sentences), split.story[idx], axis=0)
+      memory = jnp.take(model.embed_memory(sentences), story, axis=0)
     question = model.embed_question(split.question[idx])
-    return model.answer(memory, question, split.mask[idx], time=time_index, linear=linear)
+    if time_index is not None:
+      time_index = time_index[..., :slots]
+    return model.answer(memory, question, split.mask[idx][:, :slots], time=time_index,
+                        linear=linear, total_slots=self.memory_size)
 
-  def _loss(self, params, arrays, idx, weight, time_index, linear):
-    out = self._forward(params, arrays.sentences, arrays.train, idx, time_index, linear)
+  def _loss(self, params, arrays, idx, weight, time_index, linear, slots=None):
+    out = self._forward(params, arrays.sentences, arrays.train, idx, time_index, linear, slots)
     answer = arrays.train.answer[idx]
     ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, answer)
     correct = (jnp.argmax(out.logits, axis=-1) == answer).astype(jnp.float32)
     total = jnp.sum(ce * weight)
     return total, (total, jnp.sum(correct * weight))
 
-  def _train_epoch(self, params, opt_state, key, lr, linear, arrays: Arrays):
+  def _schedule(self, key: jax.Array, train: Split) -> tuple[jax.Array, ...]:
+    """An epoch of batches over memory buckets, shuffled: (bucket [S], idx [S, B], weight).
+
+    Each bucket's questions are shuffled and cut into batches (the last one
+    padded with zero-weight repeats), and the batches of all buckets are
+    then shuffled together. Shared by all restarts (a `lax.switch` on the
+    bucket then stays one branch under `vmap`).
+    """
+    batch = int(self.config.batch_size)
+    keys = jax.random.split(key, len(self.buckets) + 1)
+    buckets, idx, weight = [], [], []
+    for b, group in enumerate(train.groups):
+      n = group.shape[0]
+      if n == 0:
+        continue
+      steps = -(-n // batch)
+      perm = group[jax.random.permutation(keys[b], n)]
+      idx.append(jnp.concatenate([perm, perm[jnp.arange(steps * batch - n) % n]]
+                                 ).reshape(steps, batch))
+      weight.append((jnp.arange(steps * batch) < n).astype(jnp.float32).reshape(steps, batch))
+      buckets.append(jnp.full((steps,), b, jnp.int32))
+    buckets, idx, weight = (jnp.concatenate(x) for x in (buckets, idx, weight))
+    order = jax.random.permutation(keys[-1], buckets.shape[0])
+    return buckets[order], idx[order], weight[order]
+
+  def _train_epoch(self, params, opt_state, key, lr, linear, arrays: Arrays, schedule=None):
     n, batch = arrays.train.answer.shape[0], int(self.config.batch_size)
-    steps = -(-n // batch)
     perm_key, time_key = jax.random.split(key)
-    perm = jax.random.permutation(perm_key, n)
-    idx = jnp.concatenate([perm, perm[:steps * batch - n]]).reshape(steps, batch)
-    weight = (jnp.arange(steps * batch) < n).astype(jnp.float32).reshape(steps, batch)
+    if schedule is None:
+      steps = -(-n // batch)
+      perm = jax.random.permutation(perm_key, n)
+      idx = jnp.concatenate([perm, perm[:steps * batch - n]]).reshape(steps, batch)
+      weight = (jnp.arange(steps * batch) < n).astype(jnp.float32).reshape(steps, batch)
+      bucket = jnp.zeros((steps,), jnp.int32)
+    else:
+      bucket, idx, weight = schedule
+      steps = idx.shape[0]
     rate = float(self.config.random_noise)
     if rate > 0:  # random noise in time, drawn for the whole epoch at once
       keys = jax.random.split(time_key, steps * batch)
@@ -318,36 +386,54 @@ class Trainer:
     else:
       times = jnp.zeros((steps, 0), jnp.int32)
 
-    def step(carry, xs):
-      params, opt_state = carry
-      idx_b, w_b, t_b = xs
+    def train_step(slots, params, opt_state, idx_b, w_b, t_b):
       t_b = t_b if rate > 0 else None
       grads, (loss, correct) = jax.grad(self._loss, has_aux=True)(
-          params, arrays, idx_b, w_b, t_b, linear)
+          params, arrays, idx_b, w_b, t_b, linear, slots)
       updates, opt_state = self.tx.update(grads, opt_state, params)
       params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
       return (params, opt_state), (loss, correct)
 
+    branches = [lambda *a, size=size: train_step(size, *a) for size in self.buckets]
+
+    def step(carry, xs):
+      bucket_b, idx_b, w_b, t_b = xs
+      if len(branches) == 1:
+        return branches[0](*carry, idx_b, w_b, t_b)
+      return jax.lax.switch(bucket_b, branches, *carry, idx_b, w_b, t_b)
+
     (params, opt_state), (loss, correct) = jax.lax.scan(
-        step, (params, opt_state), (idx, weight, times))
+        step, (params, opt_state), (bucket, idx, weight, times))
     return params, opt_state, jnp.sum(loss) / n, jnp.sum(correct) / n
 
   def _predict(self, params, sentences, split: Split):
     """(cross entropy [N], predicted answer [N], attention [N, K, M], log-probabilities
-    [N, V]) in chunks."""
-    n = split.answer.shape[0]
-    chunk = min(int(self.config.eval_batch_size), n)
-    chunks = -(-n // chunk)
-    idx = (jnp.arange(chunks * chunk) % n).reshape(chunks, chunk)
+    [N, V]) in chunks, bucket by bucket."""
+    parts = []
+    for group, size in zip(split.groups, self.buckets):
+      n = group.shape[0]
+      if n == 0:
+        continue
+      chunk = min(int(self.config.eval_batch_size), n)
+      chunks = -(-n // chunk)
+      idx = group[jnp.arange(chunks * chunk) % n].reshape(chunks, chunk)
 
-    def run(i):
-      out = self._forward(params, sentences, split, i, None, False)
-      ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, split.answer[i])
-      return (ce, jnp.argmax(out.logits, axis=-1), out.attention,
-              jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1))
+      def run(i, size=size):
+        out = self._forward(params, sentences, split, i, None, False, size)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, split.answer[i])
+        attention = out.attention
+        if size < self.memory_size:  # the cut slots are empty: each has an empty slot's weight
+          left = (1.0 - jnp.sum(attention, axis=-1, keepdims=True)) / (self.memory_size - size)
+          fill = jnp.broadcast_to(left, (*attention.shape[:2], self.memory_size - size))
+          attention = jnp.concatenate([attention, fill], axis=-1)
+        return (ce, jnp.argmax(out.logits, axis=-1), attention,
+                jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1))
 
-    outputs = jax.lax.map(run, idx)
-    return tuple(x.reshape((-1, *x.shape[2:]))[:n] for x in outputs)
+      outputs = jax.lax.map(run, idx)
+      parts.append(tuple(x.reshape((-1, *x.shape[2:]))[:n] for x in outputs))
+    if len(parts) == 1:
+      return parts[0]
+    return tuple(jnp.concatenate(x)[split.inverse] for x in zip(*parts))
 
   # -- all restarts --
 
@@ -359,8 +445,12 @@ class Trainer:
 
   def _epoch(self, state: TrainState, lr: jax.Array, linear: jax.Array, arrays: Arrays):
     keys = jax.vmap(jax.random.split)(state.key)
+    schedule = None
+    if len(self.buckets) > 1:
+      # One batch order for all restarts, from a key none of them uses otherwise.
+      schedule = self._schedule(jax.random.fold_in(state.key[0], 1), arrays.train)
     params, opt_state, loss, acc = self._over_restarts(
-        lambda *a: self._train_epoch(*a, arrays))(
+        lambda *a: self._train_epoch(*a, arrays, schedule))(
             state.params, state.opt_state, keys[:, 0], lr, linear)
     ce, pred, _, _ = self._over_restarts(
         lambda p: self._predict(p, arrays.sentences, arrays.valid))(params)
@@ -420,7 +510,8 @@ def task_errors(data: babi.BabiData, predictions: np.ndarray, split: str = "test
 def _config_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The fields that decide a result (a rerun reuses results with the same key)."""
   skip = {"tasks", "data_dir", "plot", "eval_batch_size"}
-  return {k: v for k, v in sorted(config.to_dict().items()) if k not in skip}
+  key = {k: v for k, v in sorted(config.to_dict().items()) if k not in skip}
+  return json.loads(json.dumps(key))  # as saved: tuples become lists
 
 
 def write_table(results: list[dict[str, Any]], workdir: str, config: ml_collections.ConfigDict,
@@ -473,6 +564,58 @@ def write_table(results: list[dict[str, Any]], workdir: str, config: ml_collecti
   with open(os.path.join(workdir, "babi_table.json"), "w") as f:
     json.dump(summary, f, indent=1)
   return markdown
+
+
+def select_per_task(per_task: dict[str, Any], joint: dict[str, Any]) -> dict[str, Any]:
+  """Per task, the per-task model or the joint one, whichever has the lower validation error.
+
+  Both arguments are `babi_table.json` summaries (of a `:table` run and a
+  `:joint` run). The choice looks at validation error only (of each
+  system's picked restart on that task's held-out questions); on a tie the
+  joint model is taken, since its validation error was not what picked it
+  (the joint restart is picked on all tasks at once, a per-task restart on
+  that task's own validation questions). Test errors are only reported.
+
+  Returns:
+    {"rows": [...], "mean_test_error", "failed_tasks", "joint_tasks"} with one
+    row per task: both systems' validation and test errors and the choice.
+  """
+  joint_rows = {r["task"]: r for r in joint["rows"]}
+  rows = []
+  for r in sorted(per_task["rows"], key=lambda r: r["task"]):
+    j = joint_rows.get(r["task"])
+    if j is None:
+      raise ValueError(f"task {r['task']} is in the per-task table but not in the joint one")
+    use_joint = j["valid_error"] <= r["valid_error"]
+    picked = j if use_joint else r
+    rows.append(dict(task=r["task"], name=r["name"], per_task_valid_error=r["valid_error"],
+                     per_task_test_error=r["test_error"], joint_valid_error=j["valid_error"],
+                     joint_test_error=j["test_error"], picked="joint" if use_joint else "per task",
+                     test_error=picked["test_error"]))
+  errors = [r["test_error"] for r in rows]
+  return dict(rows=rows, mean_test_error=float(np.mean(errors)),
+              failed_tasks=int(sum(e > FAIL_THRESHOLD for e in errors)),
+              joint_tasks=[r["task"] for r in rows if r["picked"] == "joint"])
+
+
+def selection_markdown(selection: dict[str, Any]) -> str:
+  """The table of `select_per_task`, with the paper's columns."""
+  lines = ["| task | per task: valid / test | joint: valid / test | picked | test error | " +
+           " | ".join(f"paper {k}" for k in PAPER) + " |",
+           "| --- | ---: | ---: | --- | ---: | " + " | ".join("---:" for _ in PAPER) + " |"]
+  tasks = [r["task"] for r in selection["rows"]]
+  for r in selection["rows"]:
+    lines.append(f"| {r['task']}: {r['name']} | {r['per_task_valid_error']:.1f} / "
+                 f"{r['per_task_test_error']:.1f} | {r['joint_valid_error']:.1f} / "
+                 f"{r['joint_test_error']:.1f} | {r['picked']} | {r['test_error']:.1f} | " +
+                 " | ".join(f"{col[r['task'] - 1]:.1f}" for col in PAPER.values()) + " |")
+  lines.append(f"| **mean error** | | | | **{selection['mean_test_error']:.1f}** | " +
+               " | ".join(f"{np.mean([col[t - 1] for t in tasks]):.1f}" for col in PAPER.values())
+               + " |")
+  lines.append(f"| **failed (> 5 %)** | | | | **{selection['failed_tasks']}** | " +
+               " | ".join(str(int(sum(col[t - 1] > FAIL_THRESHOLD for t in tasks)))
+                          for col in PAPER.values()) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def plot_attention(model: nnx.Module, data: babi.BabiData, index: int, path: str) -> None:
