@@ -233,9 +233,7 @@ def address(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike, mask: jax.t
   if isinstance(linear, bool) and linear:
     return scores * mask
   soft = masked_softmax(scores, mask, extra_zeros)
-  if isinstance(linear, bool):
-    return soft
-  return jnp.where(linear, scores * mask, soft)
+  return soft if isinstance(linear, bool) else jnp.where(linear, scores * mask, soft)
 
 
 def read_memory(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike,

@@ -514,6 +514,13 @@ def _config_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(key))  # as saved: tuples become lists
 
 
+def _paper_summaries(tasks: list[int]) -> tuple[dict[str, float], dict[str, int]]:
+  """Each paper column's mean error and failed-task count over `tasks`."""
+  means = {k: float(np.mean([col[t - 1] for t in tasks])) for k, col in PAPER.items()}
+  failed = {k: int(sum(col[t - 1] > FAIL_THRESHOLD for t in tasks)) for k, col in PAPER.items()}
+  return means, failed
+
+
 def write_table(results: list[dict[str, Any]], workdir: str, config: ml_collections.ConfigDict,
                 seconds: float | None = None) -> str:
   """Writes babi_table.md / babi_table.json from per-task results; returns the markdown."""
@@ -541,9 +548,7 @@ def write_table(results: list[dict[str, Any]], workdir: str, config: ml_collecti
     ens_errors = [r["ensemble_test_error"] for r in rows]
     ens_mean = float(np.mean(ens_errors))
     ens_failed = int(sum(e > FAIL_THRESHOLD for e in ens_errors))
-  paper_means = {k: float(np.mean([col[t - 1] for t in tasks])) for k, col in PAPER.items()}
-  paper_failed = {k: int(sum(col[t - 1] > FAIL_THRESHOLD for t in tasks))
-                  for k, col in PAPER.items()}
+  paper_means, paper_failed = _paper_summaries(tasks)
   lines.append(f"| **mean error** | **{mean:.1f}** | "
                f"{np.mean([r['valid_error'] for r in rows]):.1f} |" +
                (f" **{ens_mean:.1f}** |" if ens else "") + " " +
@@ -609,12 +614,11 @@ def selection_markdown(selection: dict[str, Any]) -> str:
                  f"{r['per_task_test_error']:.1f} | {r['joint_valid_error']:.1f} / "
                  f"{r['joint_test_error']:.1f} | {r['picked']} | {r['test_error']:.1f} | " +
                  " | ".join(f"{col[r['task'] - 1]:.1f}" for col in PAPER.values()) + " |")
+  paper_means, paper_failed = _paper_summaries(tasks)
   lines.append(f"| **mean error** | | | | **{selection['mean_test_error']:.1f}** | " +
-               " | ".join(f"{np.mean([col[t - 1] for t in tasks]):.1f}" for col in PAPER.values())
-               + " |")
+               " | ".join(f"{v:.1f}" for v in paper_means.values()) + " |")
   lines.append(f"| **failed (> 5 %)** | | | | **{selection['failed_tasks']}** | " +
-               " | ".join(str(int(sum(col[t - 1] > FAIL_THRESHOLD for t in tasks)))
-                          for col in PAPER.values()) + " |")
+               " | ".join(str(v) for v in paper_failed.values()) + " |")
   return "\n".join(lines) + "\n"
 
 
