@@ -89,7 +89,7 @@ def _random_state(cell, rng, batch):
   return state._replace(
       controller=controllers.LSTMState(*(rng.normal(size=(batch, C)).astype(np.float32)
                                          for _ in range(2))),
-      memory=rng.normal(size=(batch, N, W)).astype(np.float32),
+      memory_t=np.swapaxes(rng.normal(size=(batch, N, W)).astype(np.float32), 1, 2),
       read_weights=w[:, :cell.num_read_heads], write_weights=w[:, cell.num_read_heads:],
       read_vectors=rng.normal(size=(batch, cell.num_read_heads, W)).astype(np.float32))
 
@@ -193,7 +193,8 @@ def test_bad_options(kw, match):
 def _memory_step_inputs(rng, b, n, w, r, h, s):
   k = r + h
   f = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
-  return (f(b, n, w), jax.nn.softmax(3 * f(b, k, n)), jnp.tanh(f(b, k, w)),
+  # The memory is word-major, [B, W, N], as in `NTMState.memory_t`.
+  return (f(b, w, n), jax.nn.softmax(3 * f(b, k, n)), jnp.tanh(f(b, k, w)),
           3 * jax.nn.softplus(f(b, k)), jax.nn.sigmoid(f(b, k)), jax.nn.softmax(f(b, k, s)),
           1 + jax.nn.softplus(f(b, k)), jax.nn.sigmoid(f(b, h, w)), jnp.tanh(f(b, h, w)))
 

@@ -44,18 +44,30 @@ CONSTANT_MEMORY_VALUE = 1e-6
 class NTMState(NamedTuple):
   """The recurrent state of an `NTMCell`.
 
+  The memory is stored transposed, word-major ([B, W, N]: row w holds feature
+  w of every slot), because XLA:CPU vectorises the step's element-wise work
+  along the minor axis, and N (128 in the NTM paper) fills vector registers
+  where W (20) does not: NTM training on copy runs 1.07-1.15x faster than
+  with [B, N, W] (batch 16, two CPU devices, interleaved runs in one
+  process). The property `memory` gives the usual [B, N, W] view.
+
   Attributes:
     controller: the controller's state (`LSTMState` or `()`).
-    memory: [B, N, W] memory matrix.
+    memory_t: [B, W, N] memory matrix, transposed.
     read_weights: [B, R, N] read weightings of the last step.
     write_weights: [B, H, N] write weightings of the last step.
     read_vectors: [B, R, W] read vectors of the last step.
   """
   controller: Any
-  memory: jax.Array
+  memory_t: jax.Array
   read_weights: jax.Array
   write_weights: jax.Array
   read_vectors: jax.Array
+
+  @property
+  def memory(self) -> jax.Array:
+    """[B, N, W] the memory matrix, one row per slot (a transposed copy of `memory_t`)."""
+    return jnp.swapaxes(self.memory_t, -1, -2)
 
 
 def _batched(fn, *in_axes):
@@ -176,7 +188,7 @@ class NTMCell(nnx.RNNCellBase):
     expand = lambda x: jnp.broadcast_to(x, (*batch, *x.shape))
     return NTMState(
         controller=self.controller.initial_state(batch),
-        memory=jnp.broadcast_to(memory, (*batch, n, w)),
+        memory_t=jnp.swapaxes(jnp.broadcast_to(memory, (*batch, n, w)), -1, -2),
         read_weights=expand(weights[:r]),
         write_weights=expand(weights[r:]),
         read_vectors=expand(reads),
@@ -250,13 +262,13 @@ class NTMCell(nnx.RNNCellBase):
 
     prev_w = jnp.concatenate([carry.read_weights, carry.write_weights], axis=1)
     step = memory_step if self.fused else reference_memory_step
-    new_w, reads, memory = step(r, carry.memory, prev_w, key, strength, gate, shift_w, gamma,
-                                erase, add)  # [B, R+H, N], [B, R, W], [B, N, W]
+    new_w, reads, memory_t = step(r, carry.memory_t, prev_w, key, strength, gate, shift_w,
+                                  gamma, erase, add)  # [B, R+H, N], [B, R, W], [B, W, N]
     read_w, write_w = new_w[:, :r], new_w[:, r:]
     out_in = jnp.concatenate([hidden, reads.reshape(b, r * w)], axis=-1)
     y = dense(2, out_in)
     y = self._clip(y if d_out is None else y + d_out)
-    return (NTMState(controller_state, memory, read_w, write_w, reads), y,
+    return (NTMState(controller_state, memory_t, read_w, write_w, reads), y,
             (ctrl_linear_in, hidden, out_in))
 
 
@@ -269,16 +281,23 @@ class NTMCell(nnx.RNNCellBase):
 # gradients against jax.grad of those pure functions), but saves only small
 # [B, K, N] intermediates besides the memory and writes each gradient as a few
 # whole-batch array expressions, which XLA:CPU fuses into far fewer and cheaper
-# kernels than the automatic transpose of the vmapped primitives.
+# kernels than the automatic transpose of the vmapped primitives. The memory is
+# word-major, [B, W, N] (see `NTMState`): every [B, W, N] expression below runs
+# along N in the minor axis, and the sums over W are over the middle axis.
 
 
 def _roll(x: jax.Array, offset: int) -> jax.Array:
   return jnp.roll(x, offset, axis=-1)
 
 
+def _outer(w: jax.Array, v: jax.Array) -> jax.Array:
+  """[B, N] x [B, W] -> [B, W, N]: the outer product v w^T, word-major."""
+  return w[:, None, :] * v[:, :, None]
+
+
 def _write_factors(write_w: jax.Array, erase: jax.Array) -> list[jax.Array]:
-  """The erase factors (1 - w_h e_h^T), [B, N, W] each, one per write head."""
-  return [1.0 - write_w[:, h, :, None] * erase[:, h, None, :] for h in range(erase.shape[1])]
+  """The erase factors (1 - w_h e_h^T), [B, W, N] each, one per write head."""
+  return [1.0 - _outer(write_w[:, h], erase[:, h]) for h in range(erase.shape[1])]
 
 
 def _product(factors: list[jax.Array]) -> jax.Array:
@@ -288,52 +307,51 @@ def _product(factors: list[jax.Array]) -> jax.Array:
   return out
 
 
-def _memory_step_forward(num_reads, memory, prev_w, key, strength, gate, shift_w, gamma,
+def _memory_step_forward(num_reads, memory_t, prev_w, key, strength, gate, shift_w, gamma,
                          erase, add):
   half = shift_w.shape[-1] // 2
-  mem_norm = jnp.sqrt(jnp.sum(memory * memory, axis=-1) + addressing.NORM_EPSILON)  # [B, N]
-  key_norm = jnp.sqrt(jnp.sum(key * key, axis=-1) + addressing.NORM_EPSILON)        # [B, K]
-  dot = jnp.sum(memory[:, None] * key[:, :, None, :], axis=-1)
-  sim = dot / (mem_norm[:, None, :] * key_norm[..., None])                           # eq. 6
-  content = jax.nn.softmax(strength[..., None] * sim, axis=-1)                      # eq. 5
-  gated = gate[..., None] * content + (1.0 - gate[..., None]) * prev_w               # eq. 7
-  shifted = sum(shift_w[..., o + half, None] * _roll(gated, o)                        # eq. 8
+  mem_norm = jnp.sqrt(jnp.sum(memory_t * memory_t, axis=1) + addressing.NORM_EPSILON)  # [B, N]
+  key_norm = jnp.sqrt(jnp.sum(key * key, axis=-1) + addressing.NORM_EPSILON)          # [B, K]
+  dot = jnp.sum(memory_t[:, None] * key[..., None], axis=2)                            # [B, K, N]
+  sim = dot / (mem_norm[:, None, :] * key_norm[..., None])                             # eq. 6
+  content = jax.nn.softmax(strength[..., None] * sim, axis=-1)                        # eq. 5
+  gated = gate[..., None] * content + (1.0 - gate[..., None]) * prev_w                 # eq. 7
+  shifted = sum(shift_w[..., o + half, None] * _roll(gated, o)                          # eq. 8
                 for o in range(-half, half + 1))
   log_shifted = jnp.log(shifted + addressing.SHARPEN_EPSILON)
-  weights = jax.nn.softmax(gamma[..., None] * log_shifted, axis=-1)                  # eq. 9
+  weights = jax.nn.softmax(gamma[..., None] * log_shifted, axis=-1)                    # eq. 9
   read_w, write_w = weights[:, :num_reads], weights[:, num_reads:]
-  reads = jnp.sum(read_w[..., None] * memory[:, None], axis=2)                       # eq. 2
-  added = sum(write_w[:, h, :, None] * add[:, h, None, :] for h in range(add.shape[1]))
-  new_memory = memory * _product(_write_factors(write_w, erase)) + added              # eqs. 3-4
-  residuals = (memory, prev_w, key, strength, gate, shift_w, gamma, erase, add, mem_norm,
+  reads = jnp.sum(read_w[:, :, None, :] * memory_t[:, None], axis=-1)                  # eq. 2
+  added = sum(_outer(write_w[:, h], add[:, h]) for h in range(add.shape[1]))
+  new_memory_t = memory_t * _product(_write_factors(write_w, erase)) + added             # eqs. 3-4
+  residuals = (memory_t, prev_w, key, strength, gate, shift_w, gamma, erase, add, mem_norm,
                key_norm, sim, content, gated, shifted, log_shifted, weights)
-  return (weights, reads, new_memory), residuals
+  return (weights, reads, new_memory_t), residuals
 
 
 def _memory_step_backward(num_reads, residuals, cotangents):
-  (memory, prev_w, key, strength, gate, shift_w, gamma, erase, add, mem_norm, key_norm, sim,
+  (memory_t, prev_w, key, strength, gate, shift_w, gamma, erase, add, mem_norm, key_norm, sim,
    content, gated, shifted, log_shifted, weights) = residuals
-  d_weights, d_reads, d_new = cotangents
+  d_weights, d_reads, d_new = cotangents  # d_new: [B, W, N]
   half = shift_w.shape[-1] // 2
   read_w, write_w = weights[:, :num_reads], weights[:, num_reads:]
   heads = erase.shape[1]
   # Write: M' = M * prod_h F_h + sum_h w_h a_h^T with F_h = 1 - w_h e_h^T.
   factors = _write_factors(write_w, erase)
   d_memory = d_new * _product(factors)
-  d_keep = d_new * memory
-  d_add = jnp.einsum("bnw,bhn->bhw", d_new, write_w)
+  d_keep = d_new * memory_t
+  d_add = jnp.sum(d_new[:, None] * write_w[:, :, None, :], axis=-1)                    # [B, H, W]
   d_write_w, d_erase = [], []
   for h in range(heads):
     others = [f for i, f in enumerate(factors) if i != h]
     d_factor = d_keep * _product(others) if others else d_keep
-    d_write_w.append(jnp.einsum("bnw,bw->bn", d_new, add[:, h])
-                     - jnp.einsum("bnw,bw->bn", d_factor, erase[:, h]))
-    d_erase.append(-jnp.einsum("bnw,bn->bw", d_factor, write_w[:, h]))
+    d_write_w.append(jnp.sum(d_new * add[:, h, :, None] - d_factor * erase[:, h, :, None],
+                             axis=1))
+    d_erase.append(-jnp.sum(d_factor * write_w[:, h, None, :], axis=-1))
   d_erase = jnp.stack(d_erase, axis=1)
   # Read: r = w M.
-  d_memory = d_memory + sum(read_w[:, r, :, None] * d_reads[:, r, None, :]
-                            for r in range(num_reads))
-  d_read_w = jnp.einsum("brw,bnw->brn", d_reads, memory)
+  d_memory = d_memory + sum(_outer(read_w[:, r], d_reads[:, r]) for r in range(num_reads))
+  d_read_w = jnp.sum(d_reads[..., None] * memory_t[:, None], axis=2)                   # [B, R, N]
   d_w = d_weights + jnp.concatenate([d_read_w, jnp.stack(d_write_w, axis=1)], axis=1)
   # Sharpen: w = softmax(gamma log(s + eps)).
   d_logits = weights * (d_w - jnp.sum(d_w * weights, axis=-1, keepdims=True))
@@ -352,50 +370,52 @@ def _memory_step_backward(num_reads, residuals, cotangents):
   d_z = content * (d_content - jnp.sum(d_content * content, axis=-1, keepdims=True))
   d_strength = jnp.sum(d_z * sim, axis=-1)
   d_sim = strength[..., None] * d_z
-  d_dot = d_sim / (mem_norm[:, None, :] * key_norm[..., None])
-  d_mem_norm = -jnp.sum(d_sim * sim, axis=1) / mem_norm                 # [B, N]
-  d_key_norm = -jnp.sum(d_sim * sim, axis=-1) / key_norm                # [B, K]
-  d_memory = (d_memory + jnp.einsum("bkn,bkw->bnw", d_dot, key)
-              + (d_mem_norm / mem_norm)[..., None] * memory)
-  d_key = (jnp.einsum("bkn,bnw->bkw", d_dot, memory)
+  d_dot = d_sim / (mem_norm[:, None, :] * key_norm[..., None])                         # [B, K, N]
+  d_mem_norm = -jnp.sum(d_sim * sim, axis=1) / mem_norm                                # [B, N]
+  d_key_norm = -jnp.sum(d_sim * sim, axis=-1) / key_norm                               # [B, K]
+  d_memory = (d_memory + sum(_outer(d_dot[:, k], key[:, k]) for k in range(key.shape[1]))
+              + (d_mem_norm / mem_norm)[:, None, :] * memory_t)
+  d_key = (jnp.sum(d_dot[:, :, None, :] * memory_t[:, None], axis=-1)
            + (d_key_norm / key_norm)[..., None] * key)
   return (d_memory, d_prev, d_key, d_strength, d_gate, d_shift, d_gamma, d_erase, d_add)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def memory_step(num_reads: int, memory: jax.Array, prev_w: jax.Array, key: jax.Array,
+def memory_step(num_reads: int, memory_t: jax.Array, prev_w: jax.Array, key: jax.Array,
                 strength: jax.Array, gate: jax.Array, shift_w: jax.Array, gamma: jax.Array,
                 erase: jax.Array, add: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """All heads' addressing, the reads and the write of one NTM step, on a batch.
 
   Equal to `addressing.ntm_weights` per head, `access.read` with the first
   `num_reads` weightings and `access.write` with the others (K = R + H), with
-  a hand-written backward pass.
+  a hand-written backward pass. The memory is word-major (transposed).
 
   Args:
     num_reads: R, the number of read heads (the first R of the K heads).
-    memory: [B, N, W] memory M_{t-1}.
+    memory_t: [B, W, N] memory M_{t-1}, transposed.
     prev_w: [B, K, N] weightings of the previous step.
     key: [B, K, W]; strength, gate, gamma: [B, K]; shift_w: [B, K, S].
     erase, add: [B, H, W] the write heads' erase (in [0, 1]) and add vectors.
 
   Returns:
-    ([B, K, N] new weightings, [B, R, W] read vectors, [B, N, W] memory M_t).
+    ([B, K, N] new weightings, [B, R, W] read vectors, [B, W, N] memory M_t
+    transposed).
   """
-  return _memory_step_forward(num_reads, memory, prev_w, key, strength, gate, shift_w, gamma,
+  return _memory_step_forward(num_reads, memory_t, prev_w, key, strength, gate, shift_w, gamma,
                               erase, add)[0]
 
 
 memory_step.defvjp(_memory_step_forward, _memory_step_backward)
 
 
-def reference_memory_step(num_reads: int, memory: jax.Array, prev_w: jax.Array, key: jax.Array,
-                          strength: jax.Array, gate: jax.Array, shift_w: jax.Array,
-                          gamma: jax.Array, erase: jax.Array,
+def reference_memory_step(num_reads: int, memory_t: jax.Array, prev_w: jax.Array,
+                          key: jax.Array, strength: jax.Array, gate: jax.Array,
+                          shift_w: jax.Array, gamma: jax.Array, erase: jax.Array,
                           add: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`memory_step` built from the pure primitives (automatic differentiation)."""
+  memory = jnp.swapaxes(memory_t, 1, 2)  # the primitives take [N, W]
   heads = _batched(addressing.ntm_weights, None, 0, 0, 0, 0, 0, 0)
   weights = heads(memory, prev_w, key, strength, gate, shift_w, gamma)
   reads = jax.vmap(access.read)(memory, weights[:, :num_reads])
   new_memory = jax.vmap(access.write)(memory, weights[:, num_reads:], erase, add)
-  return weights, reads, new_memory
+  return weights, reads, jnp.swapaxes(new_memory, 1, 2)
