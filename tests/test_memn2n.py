@@ -315,6 +315,36 @@ def test_key_value_network_matches_numpy():
   assert out.attention.shape == (3, 2, M)
 
 
+def test_key_value_reader_temperature_matches_numpy_and_has_gradients():
+  """One hop with R = I and a learned inverse temperature s: q + softmax(s K q) V."""
+  rng = np.random.default_rng(0)
+  q, keys, values = rng.normal(size=4), rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+  valid = np.array([True, False, True, True, False])
+  reader = memn2n.KeyValueReader(4, hops=1, learn_temperature=True)
+  reader.log_scale[...] = jnp.log(jnp.array([1.7]))
+  scores = np.where(valid, 1.7 * keys @ q, -np.inf)
+  p = np.exp(scores - scores.max())
+  p /= p.sum()
+  f = lambda q, k, v: reader(q[None], k[None], v[None], valid[None])[0][0]
+  args = tuple(jnp.asarray(x, jnp.float32) for x in (q, keys, values))
+  np.testing.assert_allclose(f(*args), q + p @ values, rtol=1e-5, atol=1e-6)
+  check_grads(jax.jit(f), args, order=1, modes="rev", atol=1e-2, rtol=1e-2)
+
+
+def test_key_value_reader_random_hop_maps_are_linear_layers_transposed():
+  # hop_init='random' draws what nnx.Linear(d, d) draws, one per hop, and R_j = K_j^T.
+  reader = memn2n.KeyValueReader(6, hops=2, hop_init="random", rngs=nnx.Rngs(3))
+  rngs = nnx.Rngs(3)
+  for h in range(2):
+    kernel = nnx.Linear(6, 6, use_bias=False, rngs=rngs).kernel[...]
+    np.testing.assert_array_equal(reader.hop_maps[h], kernel.T)
+  assert reader.log_scale is None
+  with pytest.raises(ValueError, match="needs `rngs`"):
+    memn2n.KeyValueReader(6, hop_init="random")
+  with pytest.raises(ValueError, match="hop_init"):
+    memn2n.KeyValueReader(6, hop_init="zeros")
+
+
 def test_key_value_reader_takes_embedded_memories():
   reader = memn2n.KeyValueReader(4, hops=1)
   query = jnp.array([[1.0, 0.0, 0.0, 0.0]])
@@ -347,7 +377,7 @@ def test_modules_run_under_jit_and_vmap_over_parameters():
 
   logits = jax.vmap(run)(stacked)
   first = nnx.merge(graphdef, jax.tree.map(lambda x: x[0], stacked))
-  np.testing.assert_allclose(logits[0], first(story, question, mask).logits, rtol=1e-5)
+  np.testing.assert_allclose(logits[0], first(story, question, mask).logits, rtol=1e-5, atol=1e-6)
   assert not np.allclose(logits[0], logits[1])
 
 

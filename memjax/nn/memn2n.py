@@ -558,27 +558,48 @@ class MemN2N(nnx.Module):
                        time=time, linear=linear)
 
 
+HOP_INITS = ("identity", "random")
+
+
 class KeyValueReader(nnx.Module):
   """The hops of a Key-Value Memory Network over embedded keys and values.
 
-  For j = 1..H: p = softmax(q . k_h) over valid slots, o = sum_h p_h v_h,
+  For j = 1..H: p = softmax(s_j q . k_h) over valid slots, o = sum_h p_h v_h,
   q <- R_j (q + o) (Miller et al. 2016, Sec. 3.1, key addressing, value
-  reading and query update). R_j start at the identity, so an untrained
-  reader adds the read to the query as MemN2N does.
+  reading and query update). The one reader of memjax's key-value networks:
+  `KeyValueMemoryNetwork` (bAbI) and `memjax.nn.rag_reader.KVMemoryReader`
+  (retrieved passages) both feed it.
 
   Args:
     embed_dim: d (keys, values and query share it).
     hops: H.
-    rngs: unused randomness kept for a uniform constructor (identity start).
+    hop_init: 'identity' (default: R_j = I, so an untrained reader adds the
+      read to the query as MemN2N does) or 'random' (LeCun normal, as an
+      `nnx.Linear(d, d)` draws its kernel K, with R_j = K^T; needs `rngs`).
+    learn_temperature: learn an inverse temperature s_j = exp(log_scale_j)
+      per hop, starting at 1 (default: s_j = 1, no parameter). A sharp
+      choice among slots that differ in one word needs large scores early
+      in training.
+    rngs: the random draws of hop_init='random'; unused otherwise.
   """
 
-  def __init__(self, embed_dim: int, hops: int = 2, *, rngs: nnx.Rngs | None = None):
-    del rngs
+  def __init__(self, embed_dim: int, hops: int = 2, *, hop_init: str = "identity",
+               learn_temperature: bool = False, rngs: nnx.Rngs | None = None):
     _check_positive(embed_dim, "embed_dim")
     _check_positive(hops, "hops")
+    _check_choice(hop_init, "hop_init", HOP_INITS)
     self.hops = hops
     self.embed_dim = embed_dim
-    self.hop_maps = nnx.Param(jnp.tile(jnp.eye(embed_dim, dtype=jnp.float32), (hops, 1, 1)))
+    if hop_init == "identity":
+      maps = jnp.tile(jnp.eye(embed_dim, dtype=jnp.float32), (hops, 1, 1))
+    else:
+      if rngs is None:
+        raise ValueError("hop_init='random' needs `rngs`")
+      init = nnx.initializers.lecun_normal()
+      maps = jnp.stack([init(rngs.params(), (embed_dim, embed_dim), jnp.float32).T
+                        for _ in range(hops)])
+    self.hop_maps = nnx.Param(maps)
+    self.log_scale = nnx.Param(jnp.zeros((hops,))) if learn_temperature else None
 
   def __call__(self, query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike,
                values: jax.typing.ArrayLike, mask: jax.typing.ArrayLike, *,
@@ -614,11 +635,14 @@ class KeyValueReader(nnx.Module):
       raise ValueError(f"mask must have shape [B, N] = {keys.shape[:2]}; got "
                        f"{tuple(mask.shape)}")
     maps = self.hop_maps[...]
+    scales = None if self.log_scale is None else jnp.exp(self.log_scale[...])
 
     def one(q, k, v, valid):
       weights = []
       for hop in range(self.hops):
-        o, p = read_memory(q, k, v, valid, linear, extra_zeros)
+        # s (q . k) = (s q) . k: the temperature scales the addressing query only.
+        q_address = q if scales is None else scales[hop] * q
+        o, p = read_memory(q_address, k, v, valid, linear, extra_zeros)
         q = maps[hop] @ (q + o)
         weights.append(p)
       return q, jnp.stack(weights)

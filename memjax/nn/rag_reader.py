@@ -5,17 +5,18 @@ DocumentMemory` retrieved for it, each given as key tokens and value tokens.
 With A a word embedding and Phi a bag of words:
 
   q_1 = A Phi(question)                                      (eq. 1)
-  p_hi = softmax_i(q_h . A Phi(key_i))                       key addressing
+  p_hi = softmax_i(s_h q_h . A Phi(key_i))                   key addressing, s_h learned
   o_h = sum_i p_hi A Phi(value_i)                            value reading
   q_{h+1} = R_h (q_h + o_h)                                  one hop, h = 1..H
   logits_y = q_{H+1} . B_y                                   over the vocabulary
 
-Addressing and reading are `memjax.store.attend` on a per-question memory of
-K + 1 slots: the retrieved passages (masked where retrieval found nothing)
-and one learned null slot, the slot to address when no passage states the
-fact (its value then leads to the answer "unknown"). With every passage
-masked the reader is the same model without retrieval: it answers from its
-weights alone.
+The hops are `memjax.nn.memn2n.KeyValueReader` (the reader the bAbI
+key-value network uses too), with random R_h and a learned inverse
+temperature per hop, on a per-question memory of K + 1 slots: the retrieved
+passages (masked where retrieval found nothing) and one learned null slot,
+the slot to address when no passage states the fact (its value then leads
+to the answer "unknown"). With every passage masked the reader is the same
+model without retrieval: it answers from its weights alone.
 
 Shape legend: B batch, K retrieved slots, Lq question tokens, Lk key tokens,
 Lv value tokens, D embedding size, V vocabulary.
@@ -32,33 +33,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memjax import _checks
-from memjax import store
+from memjax.nn import memn2n
 
 
 def bag_of_words(embed: nnx.Embed, tokens: jax.Array) -> jax.Array:
   """Sum of the embeddings of the non-padding (id != 0) tokens: [..., L] -> [..., D]."""
   mask = (tokens != 0)[..., None]
   return jnp.sum(jnp.where(mask, embed(tokens), 0), axis=-2)
-
-
-def read_memory(query: jax.Array, keys: jax.Array, values: jax.Array,
-                valid: jax.Array, scale: jax.typing.ArrayLike = 1.0) -> jax.Array:
-  """One key-addressed read of a small memory: softmax(scale q . k_i) over valid slots.
-
-  Args:
-    query: [D].
-    keys: [K, D].
-    values: [K, D].
-    valid: [K] bool.
-    scale: inverse temperature of the softmax.
-
-  Returns:
-    [D] the read vector sum_i p_i values_i.
-  """
-  k, d = keys.shape
-  memory = store.init(k, d, d, key_dtype=keys.dtype, value_dtype=values.dtype)
-  memory = memory.replace(keys=keys, values=values, valid=valid)
-  return store.attend(memory, query, k, scale=scale)
 
 
 class KVMemoryReader(nnx.Module):
@@ -91,11 +72,8 @@ class KVMemoryReader(nnx.Module):
                                                     rngs=rngs)
     self.null_key = nnx.Param(init(rngs.params(), (dim,)))
     self.null_value = nnx.Param(init(rngs.params(), (dim,)))
-    # A learned inverse temperature per hop (log scale): a sharp choice among
-    # passages that differ in one word needs large scores early in training.
-    self.log_scale = nnx.Param(jnp.zeros((hops,)))
-    self.hop_maps = nnx.List([nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
-                              for _ in range(hops)])
+    self.reader = memn2n.KeyValueReader(dim, hops, hop_init="random", learn_temperature=True,
+                                        rngs=rngs)
 
   def __call__(self, question: jax.Array, keys: jax.Array, values: jax.Array,
                mask: jax.Array) -> jax.Array:
@@ -124,6 +102,18 @@ class KVMemoryReader(nnx.Module):
     if question.shape[0] != batch:
       raise ValueError(f"question must have batch size {batch} like keys; got shape "
                        f"{tuple(question.shape)}")
+    q, _ = self._read(question, keys, values, mask)
+    answers = self.embed if self.tie_output else self.output
+    return q @ answers.embedding[...].T
+
+  def attention(self, question: jax.Array, keys: jax.Array, values: jax.Array,
+                mask: jax.Array) -> jax.Array:
+    """First-hop addressing weights [B, K + 1] (slot 0 is the null slot), for inspection."""
+    return self._read(question, keys, values, mask)[1][:, 0]
+
+  def _read(self, question, keys, values, mask) -> tuple[jax.Array, jax.Array]:
+    """(final query [B, D], attention [B, H, K + 1]) of the hops over null slot + passages."""
+    batch = keys.shape[0]
     q = bag_of_words(self.embed, question)                               # [B, D]
     key_vecs = bag_of_words(self.embed, keys)                           # [B, K, D]
     value_vecs = bag_of_words(self.embed, values)                       # [B, K, D]
@@ -131,22 +121,5 @@ class KVMemoryReader(nnx.Module):
     null_v = jnp.broadcast_to(self.null_value[...], (batch, 1, self.dim))
     key_vecs = jnp.concatenate([null_k, key_vecs], axis=1)
     value_vecs = jnp.concatenate([null_v, value_vecs], axis=1)
-    valid = jnp.concatenate([jnp.ones((batch, 1), bool), mask.astype(bool)], axis=1)
-    read = jax.vmap(read_memory, in_axes=(0, 0, 0, 0, None))
-    scales = jnp.exp(self.log_scale[...])
-    for h, hop_map in enumerate(self.hop_maps):
-      q = hop_map(q + read(q, key_vecs, value_vecs, valid, scales[h]))
-    answers = self.embed if self.tie_output else self.output
-    return q @ answers.embedding[...].T
-
-  def attention(self, question: jax.Array, keys: jax.Array, values: jax.Array,
-                mask: jax.Array) -> jax.Array:
-    """First-hop addressing weights [B, K + 1] (slot 0 is the null slot), for inspection."""
-    batch = keys.shape[0]
-    q = bag_of_words(self.embed, question)
-    key_vecs = bag_of_words(self.embed, keys)
-    null_k = jnp.broadcast_to(self.null_key[...], (batch, 1, self.dim))
-    key_vecs = jnp.concatenate([null_k, key_vecs], axis=1)
-    valid = jnp.concatenate([jnp.ones((batch, 1), bool), mask.astype(bool)], axis=1)
-    scores = jnp.einsum("bd,bkd->bk", q, key_vecs) * jnp.exp(self.log_scale[0])
-    return jax.nn.softmax(scores, axis=-1, where=valid) * valid
+    valid = jnp.concatenate([jnp.ones((batch, 1), bool), jnp.asarray(mask, bool)], axis=1)
+    return self.reader(q, key_vecs, value_vecs, valid)
