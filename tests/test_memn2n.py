@@ -322,9 +322,7 @@ def test_key_value_reader_temperature_matches_numpy_and_has_gradients():
   valid = np.array([True, False, True, True, False])
   reader = memn2n.KeyValueReader(4, hops=1, learn_temperature=True)
   reader.log_scale[...] = jnp.log(jnp.array([1.7]))
-  scores = np.where(valid, 1.7 * keys @ q, -np.inf)
-  p = np.exp(scores - scores.max())
-  p /= p.sum()
+  p = np_softmax(np.where(valid, 1.7 * keys @ q, -np.inf))
   f = lambda q, k, v: reader(q[None], k[None], v[None], valid[None])[0][0]
   args = tuple(jnp.asarray(x, jnp.float32) for x in (q, keys, values))
   np.testing.assert_allclose(f(*args), q + p @ values, rtol=1e-5, atol=1e-6)
