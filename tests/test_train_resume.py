@@ -123,3 +123,29 @@ def test_unknown_key_is_rejected_by_the_locked_config(tmp_path):
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert done.returncode != 0
   assert "memroy_size" in done.stderr
+
+
+@pytest.mark.parametrize("name", algorithmic.OPTIMIZERS)
+def test_scaling_the_learning_rate_scales_the_next_update(name):
+  # Adam's and RMSProp's updates are linear in the learning rate, so a state scaled
+  # by 1/4 must move every parameter exactly 1/4 as far (before the fix the scaling
+  # silently did nothing: optax's state class had been renamed).
+  import jax
+  import numpy as np
+
+  config = ntm_copy.get_config("smoke")
+  config.optimizer.name = name
+  optimizer = algorithmic.make_optimizer(config)
+  params = {"w": np.array([0.5, -1.0, 2.0], np.float32)}
+  grads = {"w": np.array([0.3, -0.02, 1e-3], np.float32)}
+  state = optimizer.init(params)
+  scaled = algorithmic._scale_learning_rate(state, 0.25)
+  lr = [x for x in jax.tree.leaves(scaled) if x.shape == () and
+        np.isclose(x, 0.25 * config.optimizer.learning_rate)]
+  assert lr, jax.tree.leaves(scaled)
+  full, _ = optimizer.update(grads, state, params)
+  quarter, _ = optimizer.update(grads, scaled, params)
+  np.testing.assert_allclose(quarter["w"], 0.25 * full["w"], rtol=1e-6)
+  assert np.all(np.abs(full["w"]) > 0)
+  with pytest.raises(ValueError, match="no injected learning_rate"):
+    algorithmic._scale_learning_rate((), 0.5)

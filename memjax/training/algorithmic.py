@@ -424,15 +424,29 @@ def _initial_state(exp: Experiment) -> dict[str, Any]:
 
 
 def _scale_learning_rate(opt_state, factor: float):
-  """`opt_state` with the injected learning rate multiplied by `factor`."""
+  """`opt_state` with the injected learning rate multiplied by `factor`.
+
+  Raises if no state holds an injected learning rate (nothing would change).
+  """
+  def injected(x) -> bool:
+    # optax.inject_hyperparams' state (InjectStatefulHyperparamsState in current optax,
+    # InjectHyperparamsState in older ones): a NamedTuple with a `hyperparams` dict.
+    return isinstance(getattr(x, "hyperparams", None), dict) and hasattr(x, "_replace")
+
+  found = []
+
   def scale(state):
-    if isinstance(state, optax.InjectHyperparamsState):
+    if injected(state) and "learning_rate" in state.hyperparams:
       hyper = dict(state.hyperparams)
       hyper["learning_rate"] = hyper["learning_rate"] * np.float32(factor)
+      found.append(True)
       return state._replace(hyperparams=hyper)
     return state
-  return jax.tree.map(scale, opt_state,
-                      is_leaf=lambda x: isinstance(x, optax.InjectHyperparamsState))
+
+  scaled = jax.tree.map(scale, opt_state, is_leaf=injected)
+  if not found:
+    raise ValueError("the optimizer state holds no injected learning_rate to scale")
+  return scaled
 
 
 def _curriculum_start(exp: Experiment) -> int:
