@@ -271,11 +271,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), base)
 
 
-def sequence_loss(logits: jax.Array, batch: tasks.Batch) -> tuple[jax.Array, jax.Array]:
-  """Masked sigmoid cross-entropy (nats per scored bit) and bit errors per sequence [B]."""
+def sequence_loss_terms(logits: jax.Array, batch: tasks.Batch) -> tuple[jax.Array, jax.Array]:
+  """(summed masked sigmoid cross-entropy, number of scored bits) of a batch."""
   xent = optax.sigmoid_binary_cross_entropy(logits, batch.targets)
   mask = batch.mask[..., None]
-  loss = jnp.sum(xent * mask) / jnp.maximum(jnp.sum(mask) * logits.shape[-1], 1.0)
+  return jnp.sum(xent * mask), jnp.sum(mask) * logits.shape[-1]
+
+
+def sequence_loss(logits: jax.Array, batch: tasks.Batch) -> tuple[jax.Array, jax.Array]:
+  """Masked sigmoid cross-entropy (nats per scored bit) and bit errors per sequence [B]."""
+  xent, scored_bits = sequence_loss_terms(logits, batch)
+  loss = xent / jnp.maximum(scored_bits, 1.0)
   return loss, tasks.bit_errors(logits, batch.targets, batch.mask)
 
 
@@ -354,7 +360,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
   groups = int(config.get("scan_groups", 1))
 
-  def loss_fn(params, batch):
+  def logits_of(params, batch):
     # With scan_groups > 1 the batch is split into independent scans, which XLA:CPU
     # can run on different cores at once; the arithmetic is unchanged.
     cell = nnx.merge(graphdef, params)
@@ -365,9 +371,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     if hoist and hasattr(cell, "step_with_deltas"):
       scored = jnp.any(batch.mask > 0, axis=0)[::-1]
       steps = scored.shape[0] - jnp.argmax(scored)
-    logits = jnp.concatenate([sequence.run_cell(cell, x, remat=remat, hoist=hoist,
-                                                steps=steps)[1] for x in parts])
-    return sequence_loss(logits, batch)
+    return jnp.concatenate([sequence.run_cell(cell, x, remat=remat, hoist=hoist,
+                                              steps=steps)[1] for x in parts])
+
+  def loss_fn(params, batch):
+    return sequence_loss(logits_of(params, batch), batch)
 
   def one_step(state, batch):
     params, opt_state = state
@@ -376,21 +384,51 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     params = optax.apply_updates(params, updates)
     return (params, opt_state), (loss, errors)
 
-  def chunk(params, opt_state, batches):
-    (params, opt_state), (loss, errors) = jax.lax.scan(one_step, (params, opt_state), batches)
-    return params, opt_state, loss, errors
+  def summed_loss_fn(params, batch):
+    logits = logits_of(params, batch)
+    xent, scored_bits = sequence_loss_terms(logits, batch)
+    return xent, (scored_bits, tasks.bit_errors(logits, batch.targets, batch.mask))
+
+  def data_parallel_step(state, batch):
+    # One device's slice of the batch (inside shard_map): gradients of its summed loss,
+    # then one all-reduce of the gradients, the summed loss and the scored-bit count.
+    # The time loop stops after this slice's own last scored step.
+    params, opt_state = state
+    (xent, (scored_bits, errors)), grads = jax.value_and_grad(
+        summed_loss_fn, has_aux=True)(params, batch)
+    grads, xent, scored_bits = jax.lax.psum((grads, xent, scored_bits), "data")
+    scored_bits = jnp.maximum(scored_bits, 1.0)
+    grads = jax.tree.map(lambda g: g / scored_bits, grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state), (xent / scored_bits, errors)
+
+  def chunk_of(step):
+    def chunk(params, opt_state, batches):
+      (params, opt_state), (loss, errors) = jax.lax.scan(step, (params, opt_state), batches)
+      return params, opt_state, loss, errors
+    return chunk
 
   devices = data_parallel_devices(config)
   shardings = {}
+  chunk = chunk_of(one_step)
   place = lambda tree: tree
   if len(devices) > 1:
-    # Data parallel over CPU devices (one per core): each trains on its slice of the batch;
-    # XLA sums the gradients across them. Parameters and optimizer state are replicated.
+    # Data parallel over CPU devices (one per core): each trains on its slice of the
+    # batch and the gradients are summed across them; parameters and optimizer state
+    # are replicated (every device applies the same update).
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    spec = jax.sharding.PartitionSpec
+    replicated = jax.sharding.NamedSharding(mesh, spec())
+    by_batch = jax.sharding.NamedSharding(mesh, spec(None, "data"))
+    # check_vma=False: the cells' scans start from constant carries that become
+    # per-device inside the loop; the psum makes every output replicated again.
+    chunk = jax.shard_map(chunk_of(data_parallel_step), mesh=mesh,
+                          in_specs=(spec(), spec(), spec(None, "data")),
+                          out_specs=(spec(), spec(), spec(), spec(None, "data")),
+                          check_vma=False)
     shardings = dict(in_shardings=(replicated, replicated, by_batch),
-                     out_shardings=replicated)
+                     out_shardings=(replicated, replicated, replicated, by_batch))
     place = lambda tree: jax.device_put(tree, replicated)  # as train_chunk returns them
   train_chunk = jax.jit(chunk, donate_argnums=(0, 1), compiler_options=compiler_options(),
                         **shardings)
