@@ -103,24 +103,18 @@ class Setting:
   upcoming: object
   compile_s: float
   sequences: int = 0
-  seconds: float = 0.0
   cpu_seconds: float = 0.0
   rates: list = dataclasses.field(default_factory=list)
 
   @classmethod
-  def build(cls, model: str, batch_size: int, groups: int = 1, devices: int = 1,
-            variant: str = "") -> Setting:
-    """Builds the trainer's step for the setting and compiles it (the first call)."""
-    config = config_for(model, batch_size, groups, devices, parse_overrides(variant))
-    algorithmic.validate_config(config)
+  def build(cls, label: dict, config: ml_collections.ConfigDict) -> Setting:
+    """Builds the trainer's step for a validated config and compiles it (the first call)."""
     exp = algorithmic.build(config)
     params, opt_state = exp.place((exp.params, exp.optimizer.init(exp.params)))
     k = config.steps_per_call
     start = time.perf_counter()
     params, opt_state, loss, _ = exp.train_chunk(params, opt_state, exp.batches(0, k))
     jax.block_until_ready(loss)
-    label = dict(model=model, batch=batch_size, devices=devices, groups=groups,
-                 variant=variant or "-")
     return cls(label, exp, (params, opt_state), k, exp.batches(k, k),
                time.perf_counter() - start)
 
@@ -145,7 +139,6 @@ class Setting:
       raise RuntimeError(f"non-finite loss in {self.label}")
     sequences = steps * exp.config.batch_size
     self.sequences += sequences
-    self.seconds += elapsed
     self.rates.append(sequences / elapsed)
     return self.rates[-1]
 
@@ -176,12 +169,17 @@ def main(argv):
   algorithmic.use_cpu_devices(max(int(d) for d in _DEVICES.value))
   print(f"JAX {jax.__version__} on {jax.default_backend()}, {jax.device_count()} device(s); "
         "copy lengths 1-20, 128 x 20 memory, LSTM 100, 1 read + 1 write head")
-  grid = [(model, b, g, d, v)
-          for model in _MODELS.value for b in (int(x) for x in _BATCHES.value)
-          for d in (int(x) for x in _DEVICES.value) for g in (int(x) for x in _GROUPS.value)
-          for v in ["", *_VARIANTS.value] if b % (g * d) == 0]
-  for model, b, g, d, v in grid:  # a bad --variant fails before anything compiles
-    algorithmic.validate_config(config_for(model, b, g, d, parse_overrides(v)))
+  grid = []  # (label, config); a bad --variant fails here, before anything compiles
+  for model in _MODELS.value:
+    for b in (int(x) for x in _BATCHES.value):
+      for d in (int(x) for x in _DEVICES.value):
+        for g in (int(x) for x in _GROUPS.value):
+          for v in ("", *_VARIANTS.value):
+            if b % (g * d) == 0:
+              config = config_for(model, b, g, d, parse_overrides(v))
+              algorithmic.validate_config(config)
+              grid.append((dict(model=model, batch=b, devices=d, groups=g,
+                                variant=v or "-"), config))
   side_by_side = _INTERLEAVE.value > 0
   settings, ratios = [], []
   if side_by_side:

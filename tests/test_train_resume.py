@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from experiments.configs import ntm_copy
@@ -130,9 +132,6 @@ def test_scaling_the_learning_rate_scales_the_next_update(name):
   # Adam's and RMSProp's updates are linear in the learning rate, so a state scaled
   # by 1/4 must move every parameter exactly 1/4 as far (before the fix the scaling
   # silently did nothing: optax's state class had been renamed).
-  import jax
-  import numpy as np
-
   config = ntm_copy.get_config("smoke")
   config.optimizer.name = name
   optimizer = algorithmic.make_optimizer(config)
