@@ -58,13 +58,17 @@ def run_seed(seed: int, workdir: str) -> dict:
   rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   train = [r for r in rows if "loss" in r]
   converged = [r for r in train if r.get("converged")]
-  evals = {r["eval_length"]: r["bit_errors_per_sequence"] for r in rows if "eval_length" in r}
+  eval_rows = [r for r in rows if "eval_length" in r]
+  evals = {r["eval_length"]: r["bit_errors_per_sequence"] for r in eval_rows}
   return {"seed": seed, "converged": bool(converged),
           "wall_to_convergence": converged[0]["wall_time"] if converged else float("nan"),
           "step": train[-1]["step"], "sequences": train[-1]["sequences"],
           "bit_errors": train[-1]["bit_errors_per_sequence"],
           "nan": any(isinstance(r["loss"], str) for r in train),
-          "process_seconds": total, "eval": evals}
+          "process_seconds": total, "eval": evals,
+          # the step whose parameters were evaluated (the last one meeting the criterion)
+          "params_step": eval_rows[-1].get("params_step", train[-1]["step"]) if eval_rows
+                         else None}
 
 
 def main(argv):
@@ -72,15 +76,15 @@ def main(argv):
   base = _KEEP.value or tempfile.mkdtemp(prefix="ntm_copy_convergence_")
   results = []
   print("| seed | converged | steps | sequences | bit errors | launch to convergence (s) "
-        "| whole process (s) | eval 20 / 40 / 60 / 80 / 100 |")
-  print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        "| whole process (s) | evaluated step | eval 20 / 40 / 60 / 80 / 100 |")
+  print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
   for seed in (int(s) for s in _SEEDS.value):
     r = run_seed(seed, os.path.join(base, f"seed{seed}"))
     results.append(r)
     ev = " / ".join(f"{r['eval'].get(n, float('nan')):.2f}" for n in (20, 40, 60, 80, 100))
     print(f"| {seed} | {r['converged']} | {r['step']} | {r['sequences']} | "
           f"{r['bit_errors']:.3f} | {r['wall_to_convergence']:.1f} | "
-          f"{r['process_seconds']:.1f} | {ev} |", flush=True)
+          f"{r['process_seconds']:.1f} | {r['params_step']} | {ev} |", flush=True)
   # A run that did not converge counts as slower than any that did.
   times = [r["wall_to_convergence"] if r["converged"] else np.inf for r in results]
   print(f"\nconverged: {sum(r['converged'] for r in results)}/{len(results)}, NaN runs: "

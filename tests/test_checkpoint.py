@@ -58,6 +58,34 @@ def test_corrupt_newest_is_reported_kept_and_skipped(tmp_path, capsys):
   ckpt.close()
 
 
+def test_older_structure_restores_through_a_fallback(tmp_path, capsys):
+  directory = str(tmp_path / "ck")
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=3)
+  ckpt.save(5, _state(5))  # written before the state gained a field
+  newer = lambda x: {**_state(x), "extra": np.full((2,), -x, np.float32)}
+  upgrade = lambda old: {**old, "extra": np.full((2,), 7.0, np.float32)}
+  step, state = ckpt.restore_latest(newer(0), fallbacks=[(newer(1), None), (_state(0), upgrade)])
+  assert step == 5
+  _assert_same(state, {**_state(5), "extra": np.full((2,), 7.0, np.float32)})
+  assert "failed to restore" not in capsys.readouterr().out
+  assert ckpt.steps() == [5]
+  ckpt.save(6, newer(6))  # a checkpoint of the new structure restores directly
+  step, state = ckpt.restore_latest(newer(0), fallbacks=[(_state(0), upgrade)])
+  assert step == 6
+  _assert_same(state, newer(6))
+  ckpt.close()
+
+
+def test_no_fitting_fallback_sets_the_checkpoint_aside(tmp_path, capsys):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ck"), max_to_keep=3)
+  ckpt.save(5, _state(5))
+  newer = {**_state(0), "extra": np.zeros((2,), np.float32)}
+  assert ckpt.restore_latest(newer, fallbacks=[(newer, lambda old: old)]) is None
+  assert "checkpoint at step 5 failed to restore" in capsys.readouterr().out
+  assert ckpt.steps() == []
+  ckpt.close()
+
+
 def test_bad_max_to_keep(tmp_path):
   with pytest.raises(ValueError, match="max_to_keep"):
     checkpoint.Checkpointer(str(tmp_path), max_to_keep=0)

@@ -41,7 +41,15 @@ def test_progress_line():
   progress = metrics.Progress(total_steps=100, start_step=0)
   line = progress.log(50, loss=0.123456)
   assert line.startswith("step 50/100 (50%)")
-  assert "steps/s" in line and "ETA" in line and "loss=0.1235" in line
+  assert "steps/s" in line and "ETA " in line and "<=" not in line and "loss=0.1235" in line
+
+
+def test_progress_eta_is_an_upper_bound_until_the_end_is_known():
+  progress = metrics.Progress(total_steps=1000, start_step=0, may_stop_early=True)
+  assert "/1000 " in progress.log(10) and "ETA <= " in progress.log(20)
+  progress.set_total(40)  # the criterion was met at step 20: 20 more steps
+  line = progress.log(30)
+  assert line.startswith("step 30/40 (75%)") and "ETA <=" not in line and "ETA " in line
 
 
 def test_duration_format():

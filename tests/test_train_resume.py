@@ -13,6 +13,7 @@ import pytest
 
 from experiments.configs import ntm_copy
 from memjax.training import algorithmic
+from memjax.training import checkpoint
 from memjax.training import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,11 +55,14 @@ def _eval_rows(workdir):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, devices):
+  # devices=2: each step split across two CPU devices (the shard_map data-parallel step).
   clean, broken = str(tmp_path / "clean"), str(tmp_path / "broken")
-  reference = _launch(clean)
+  extra = [f"--config.cpu_devices={devices}"]
+  reference = _launch(clean, *extra)
   # 1. SIGKILL right after the first checkpoint: nothing gets to clean up.
-  victim = _launch(broken)
+  victim = _launch(broken, *extra)
   first = _wait_for_checkpoint(victim, broken)
   victim.send_signal(signal.SIGKILL)
   victim.wait()
@@ -66,14 +70,14 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
   killed_at = _train_rows(broken)[-1][0]
   assert killed_at < 300
   # 2. Resume, then stop it with SIGTERM: it saves a checkpoint and exits cleanly.
-  second = _launch(broken)
+  second = _launch(broken, *extra)
   _wait_for_checkpoint(second, broken, after=first)
   second.send_signal(signal.SIGTERM)
   out, _ = second.communicate(timeout=120)
   assert second.returncode == 0, out
   assert f"resuming at step {first}" in out and "stopped at step" in out
   # 3. Resume to the end.
-  third = _launch(broken)
+  third = _launch(broken, *extra)
   out3, _ = third.communicate(timeout=300)
   assert third.returncode == 0, out3
   ref_out, _ = reference.communicate(timeout=300)
@@ -84,6 +88,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
   assert rows == ref_rows  # step for step, bit for bit
   assert _eval_rows(broken) == _eval_rows(clean)
   assert "| 8 |" in out3
+  assert f"({devices} devices)" in out3
 
 
 def test_launcher_rejects_bad_values_in_one_line(tmp_path):
@@ -148,3 +153,72 @@ def test_scaling_the_learning_rate_scales_the_next_update(name):
   assert np.all(np.abs(full["w"]) > 0)
   with pytest.raises(ValueError, match="no injected learning_rate"):
     algorithmic._scale_learning_rate((), 0.5)
+
+
+def _collapsing_config(**overrides):
+  # Meets a loose criterion at step 35, then a 300x learning rate wrecks the model: the
+  # moving average is back above the criterion from step 45 to the end (step 55).
+  c = ntm_copy.get_config("smoke")
+  c.stop_at_bit_errors, c.steps_after_convergence, c.lr_after_convergence = 7.0, 20, 300.0
+  c.plots, c.num_steps, c.checkpoint_every = False, 60, 10
+  for key, value in overrides.items():
+    setattr(c, key, value)
+  return c
+
+
+@pytest.mark.slow
+def test_a_model_that_gets_worse_past_the_criterion_is_not_the_result(tmp_path, capsys):
+  config = _collapsing_config()
+  summary = algorithmic.train_and_evaluate(config, str(tmp_path / "a"))
+  assert summary["converged_step"] == 35 and summary["step"] == 55
+  assert summary["bit_errors_per_sequence"] >= 7.0
+  kept = summary["params_step"]
+  assert 35 <= kept < 55
+  assert f"evaluating step {kept}" in capsys.readouterr().out
+  assert {r["params_step"] for r in _eval_rows(tmp_path / "a")} == {kept}
+  # A run that simply ends at that step evaluates the same parameters, so the same table.
+  stopped = algorithmic.train_and_evaluate(_collapsing_config(num_steps=kept), str(tmp_path / "b"))
+  assert stopped["step"] == stopped["params_step"] == kept
+  assert summary["eval"] == stopped["eval"]
+  # The choice is made on validation sequences: the final model wins when it is better
+  # there, and ties go to it too.
+  exp = algorithmic.build(config)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "a" / "checkpoints"))
+  _, state = ckpt.restore_latest(algorithmic._initial_state(exp))
+  ckpt.close()
+  good, bad = state["kept_params"], state["params"]
+  assert int(state["kept_step"]) == kept
+  length, good_errors = algorithmic.validation_errors(exp, good)
+  assert length == 4 and good_errors < algorithmic.validation_errors(exp, bad)[1]
+  chosen, chosen_step, note = algorithmic.select_result(exp, good, 55, bad, kept)
+  assert chosen is good and chosen_step == 55 and "evaluating step 55" in note
+  chosen, chosen_step, _ = algorithmic.select_result(exp, bad, 55, bad, kept)
+  assert chosen is bad and chosen_step == 55
+  assert algorithmic.select_result(exp, bad, 55, good, -1)[:2] == (bad, 55)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_kept_parameters_still_resumes(tmp_path, capsys):
+  config = _collapsing_config()
+  full = str(tmp_path / "full")
+  reference = algorithmic.train_and_evaluate(config, full)
+  exp = algorithmic.build(config)
+  template = algorithmic._initial_state(exp)
+  ckpt = checkpoint.Checkpointer(os.path.join(full, "checkpoints"))
+  assert ckpt.steps() == [40, 50, 55]
+  # Rewrite the step-40 checkpoint as an older version of the trainer wrote it.
+  state = ckpt._manager.restore(40, args=checkpoint.ocp.args.StandardRestore(template))
+  ckpt.close()
+  old = str(tmp_path / "old")
+  legacy = checkpoint.Checkpointer(os.path.join(old, "checkpoints"))
+  legacy.save(40, {k: v for k, v in state.items() if k not in ("kept_params", "kept_step")})
+  legacy.close()
+  with open(os.path.join(full, "metrics.jsonl")) as src, \
+       open(os.path.join(old, "metrics.jsonl"), "w") as dst:
+    dst.write(src.read())
+  capsys.readouterr()
+  resumed = algorithmic.train_and_evaluate(config, old)
+  assert "failed to restore" not in capsys.readouterr().out
+  assert _train_rows(old) == _train_rows(full)  # step for step, bit for bit
+  # The old checkpoint did not know step 35 met the criterion: the final model is evaluated.
+  assert reference["params_step"] == 35 and resumed["params_step"] == 55

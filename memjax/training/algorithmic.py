@@ -2,8 +2,13 @@
 
 `train_and_evaluate(config, workdir)` trains until `num_steps` or until the
 moving average of bit errors per sequence (over the last `error_window`
-sequences) drops below `stop_at_bit_errors`, then evaluates on longer
-sequences than it trained on, prints a table and writes plots.
+sequences) drops below `stop_at_bit_errors` (and `steps_after_convergence`
+more), then evaluates on longer sequences than it trained on, prints a table
+and writes plots. If training past the criterion leaves a final model that no
+longer meets it, the run also keeps the last parameters that did (moving
+average and the mean of the last `steps_per_call` steps below the criterion)
+and evaluates whichever of the two is better on held-out sequences of the
+longest trained length (`select_result`; `summary["params_step"]` says which).
 
 Exact resume. Batch `s` is drawn from `rng_for(seed, s)` (NumPy, on the
 host), the training state (parameters, optimizer state, step, the moving
@@ -454,11 +459,26 @@ def _initial_state(exp: Experiment) -> dict[str, Any]:
       "recent_errors": np.full((window,), np.nan, np.float32),
       "wall_time": np.asarray(0.0, np.float64),
       "converged_step": np.asarray(-1, np.int64),
+      # The last parameters whose moving average, and whose last chunk's mean, met the
+      # stopping criterion (the run's result if training past the criterion makes it
+      # worse), and their step; -1: none.
+      "kept_params": exp.params,
+      "kept_step": np.asarray(-1, np.int64),
       # Curriculum: the current max_length, and that of the batches already drawn for the
       # next chunk (decided one chunk earlier); both are the task's max_length when off.
       "level": np.asarray(_curriculum_start(exp), np.int64),
       "upcoming_level": np.asarray(_curriculum_start(exp), np.int64),
   }
+
+
+def _upgrade_state(old: dict[str, Any]) -> dict[str, Any]:
+  """A state restored from a checkpoint written before `kept_params` existed."""
+  return {**old, "kept_params": old["params"], "kept_step": np.asarray(-1, np.int64)}
+
+
+def _copy(tree):
+  # train_chunk donates its inputs, so parameters kept past a chunk need their own buffers.
+  return jax.tree.map(lambda x: x.copy(), tree)
 
 
 def _scale_learning_rate(opt_state, factor: float):
@@ -491,6 +511,47 @@ def _curriculum_start(exp: Experiment) -> int:
   cur = exp.config.get("curriculum")
   top = getattr(exp.task, "max_length", 0)
   return int(cur.start) if cur is not None and cur.start else top
+
+
+VALIDATION_STREAM = 1 << 20  # the eval streams are 1 + length, the episode plot's is 2
+
+
+def validation_errors(exp: Experiment, params) -> tuple[int | None, float]:
+  """Mean bit errors per sequence on held-out sequences of the longest trained length.
+
+  Returns (that length, or None for a task of fixed size; the mean). Drawn
+  from a stream of their own (`VALIDATION_STREAM`), `eval_batches` batches
+  of `eval_batch_size`, so the evaluation table stays an independent test.
+  """
+  cfg, task = exp.config, exp.task
+  longest = next((int(getattr(task, name)) for name in ("max_length", "max_items")
+                  if hasattr(task, name)), None)
+  errors = []
+  for i in range(cfg.eval_batches):
+    batch = task.sample(tasks.rng_for(cfg.seed, i, stream=VALIDATION_STREAM),
+                        cfg.eval_batch_size, length=longest, time_steps=exp.eval_time_steps)
+    errors.append(np.asarray(exp.evaluate(params, tasks.Batch(*batch))))
+  return longest, float(np.mean(np.concatenate(errors)))
+
+
+def select_result(exp: Experiment, params, step: int, kept_params, kept_step: int):
+  """The run's result: its final parameters, or the last ones that met the criterion.
+
+  When the final model no longer meets the stopping criterion but an earlier
+  one did (`kept_step`), the two are compared on `validation_errors`; the
+  earlier one is chosen only if it is strictly better there. Returns
+  (params, their step, a description of the comparison or None).
+  """
+  if kept_step < 0 or kept_step == step:
+    return params, step, None
+  length, final = validation_errors(exp, params)
+  _, kept = validation_errors(exp, kept_params)
+  where = f"at length {length}" if length is not None else "on held-out sequences"
+  chosen, chosen_step = (kept_params, kept_step) if kept < final else (params, step)
+  note = (f"the final model (step {step}) no longer meets the criterion; validation {where}: "
+          f"{final:.3f} bit errors per sequence there, {kept:.3f} for step {kept_step}, the "
+          f"last that met it: evaluating step {chosen_step}")
+  return chosen, chosen_step, note
 
 
 def evaluate_lengths(exp: Experiment, params, lengths) -> dict[int, float]:
@@ -547,7 +608,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.keep_checkpoints)
   state = _initial_state(exp)
-  restored = ckpt.restore_latest(state)
+  legacy = {k: v for k, v in state.items() if k not in ("kept_params", "kept_step")}
+  restored = ckpt.restore_latest(state, fallbacks=[(legacy, _upgrade_state)])
   previous_wall = 0.0
   if restored is not None:
     _, state = restored
@@ -560,6 +622,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   window = collections.deque((e for e in state["recent_errors"] if np.isfinite(e)),
                              maxlen=config.error_window)
   converged_step = int(state["converged_step"])
+  kept_params, kept_step = _copy(exp.place(state["kept_params"])), int(state["kept_step"])
   level, fed_level = int(state["level"]), int(state["upcoming_level"])
   top = getattr(exp.task, "max_length", 0)
   cur = config.get("curriculum")
@@ -579,9 +642,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {"params": params, "opt_state": opt_state, "step": np.asarray(at_step, np.int64),
             "recent_errors": recent, "wall_time": np.asarray(wall(), np.float64),
             "converged_step": np.asarray(converged_step, np.int64),
+            "kept_params": kept_params, "kept_step": np.asarray(kept_step, np.int64),
             "level": np.asarray(level, np.int64), "upcoming_level": np.asarray(fed_level, np.int64)}
 
-  progress = metrics.Progress(config.num_steps, step)
+  progress = metrics.Progress(end_step(), step,
+                              may_stop_early=stop_at is not None and converged_step < 0)
   losses = []
   stopped_by_signal = None
   with checkpoint.GracefulStop() as stop:
@@ -606,6 +671,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if (converged_step < 0 and stop_at is not None and full and average < stop_at
           and level == top):
         converged_step, converged_wall = step, wall()
+        progress.set_total(end_step())
         if step >= end_step():
           upcoming = None
         else:
@@ -614,6 +680,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if not np.all(np.isfinite(loss)):
         logging.error("non-finite loss at step %d; stopping", step)
         upcoming = None
+      elif (converged_step >= 0 and full and average < stop_at and level == top
+            and chunk_level == level and float(np.mean(errors)) < stop_at):
+        # Good over the whole window and over this chunk alone: the moving average lags by
+        # a window's worth of steps, so a model that has begun to collapse can still meet it.
+        kept_params, kept_step = _copy(params), step
       if step % config.log_every == 0 or upcoming is None or converged_step == step:
         extra = {"max_length": chunk_level} if curriculum else {}
         row = writer.write(step, sequences=step * b, wall_time=wall(),
@@ -628,7 +699,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         break
   summary: dict[str, Any] = {"step": step, "converged_step": converged_step,
                              "bit_errors_per_sequence": float(np.mean(window)) if window
-                             else float("nan"), "wall_time": wall()}
+                             else float("nan"), "wall_time": wall(),
+                             "params_step": step}
   if converged_step >= 0:
     when = ("earlier run" if converged_wall is None else
             f"{converged_wall:.1f} s after launch")
@@ -643,6 +715,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary["stopped"] = True
     return summary
   ckpt.close()
+  params, summary["params_step"], note = select_result(exp, params, step, kept_params, kept_step)
+  if note:
+    print(note, flush=True)
   lengths = list(config.eval_lengths)
   if lengths:
     results = evaluate_lengths(exp, params, lengths)
@@ -652,7 +727,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print("| length | bit errors per sequence |\n| ---: | ---: |")
     for length, value in results.items():
       print(f"| {length} | {value:.3f} |")
-      writer.write(step, eval_length=length, bit_errors_per_sequence=value)
+      writer.write(step, eval_length=length, bit_errors_per_sequence=value,
+                   params_step=summary["params_step"])
     summary["eval"] = results
   if config.get("plots", True):
     summary["plots"] = _plot_example(exp, params, workdir)

@@ -5,7 +5,9 @@ checkpoints, saves synchronously (a checkpoint on disk is complete: Orbax
 writes into a temporary directory and renames it), and restores the newest
 checkpoint that restores cleanly. A checkpoint that fails to restore is
 reported with its error, moved aside into `<directory>-bad/` (never deleted)
-and skipped in favour of the one before it.
+and skipped in favour of the one before it. A checkpoint written with an
+older state structure can be restored through a fallback template and
+upgraded (`restore_latest(..., fallbacks=...)`).
 
 `GracefulStop` turns SIGTERM and SIGINT (Ctrl-C) into a flag the training
 loop polls between steps, so the loop can save a checkpoint and return.
@@ -18,6 +20,8 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -67,22 +71,42 @@ class Checkpointer:
     self._manager.wait_until_finished()
     logging.info("saved checkpoint at step %d in %.2fs", step, time.perf_counter() - start)
 
-  def restore_latest(self, template: Any) -> tuple[int, Any] | None:
+  def restore_latest(self, template: Any,
+                     fallbacks: Sequence[tuple[Any, Callable[[Any], Any]]] = ()
+                     ) -> tuple[int, Any] | None:
     """The newest checkpoint that restores, as (step, state); None if there is none.
 
     Args:
       template: a pytree with the structure, shapes and dtypes of the saved
         state (for example the freshly initialised state).
+      fallbacks: (old_template, upgrade) pairs for checkpoints written with an
+        older state structure: when `template` does not fit a checkpoint, each
+        old template is tried in turn and the first that restores is returned
+        as `upgrade(restored)`. Only a checkpoint that fits none of them is
+        moved aside.
     """
     for step in reversed(self.steps()):
       try:
-        state = self._manager.restore(step, args=ocp.args.StandardRestore(template))
+        state = self._restore(step, template, fallbacks)
       except Exception as e:  # any failure: report it, keep the files, try the previous one
         self._set_aside(step, e)
         continue
       logging.info("restored checkpoint at step %d from %s", step, self.directory)
       return step, state
     return None
+
+  def _restore(self, step: int, template: Any, fallbacks) -> Any:
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(template))
+    except Exception as error:
+      for old_template, upgrade in fallbacks:
+        try:
+          old = self._manager.restore(step, args=ocp.args.StandardRestore(old_template))
+        except Exception:  # not this structure either
+          continue
+        logging.info("checkpoint at step %d has an older structure; upgraded it", step)
+        return upgrade(old)
+      raise error
 
   def _set_aside(self, step: int, error: Exception) -> None:
     bad_dir = self.directory + "-bad"

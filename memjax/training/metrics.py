@@ -80,16 +80,24 @@ class Progress:
   """Logs `step/total`, steps per second and the time left, via absl.
 
   Args:
-    total_steps: the step the run ends at.
+    total_steps: the step the run ends at (at the latest, with `may_stop_early`).
     start_step: the step it starts (or resumes) from.
+    may_stop_early: the run stops when a criterion is met, so the time left is
+      an upper bound, logged as "ETA <= ...".
   """
 
-  def __init__(self, total_steps: int, start_step: int = 0):
+  def __init__(self, total_steps: int, start_step: int = 0, may_stop_early: bool = False):
     self.total = int(total_steps)
+    self.may_stop_early = bool(may_stop_early)
     self._t0 = time.perf_counter()
     self._step0 = int(start_step)
     self._last_t = self._t0
     self._last_step = self._step0
+
+  def set_total(self, total_steps: int, may_stop_early: bool = False) -> None:
+    """Changes where the run ends (for example once its stopping criterion is met)."""
+    self.total = int(total_steps)
+    self.may_stop_early = bool(may_stop_early)
 
   def rate(self, step: int) -> float:
     """Steps per second since the last call of `log` (or the start)."""
@@ -100,11 +108,12 @@ class Progress:
     now = time.perf_counter()
     rate = self.rate(step)
     overall = (step - self._step0) / max(now - self._t0, 1e-9)
-    left = (self.total - step) / overall if overall > 0 else float("nan")
+    left = max(self.total - step, 0) / overall if overall > 0 else float("nan")
     shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in _plain(values).items())
+    eta = "ETA <= " if self.may_stop_early else "ETA "
     line = (f"step {step}/{self.total} ({100.0 * step / max(self.total, 1):.0f}%) "
-            f"{rate:.1f} steps/s ETA {_duration(left)} {shown}")
+            f"{rate:.1f} steps/s {eta}{_duration(left)} {shown}")
     logging.info(line)
     self._last_t, self._last_step = now, step
     return line
