@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import itertools
 import time
 
 import jax
@@ -170,16 +171,14 @@ def main(argv):
   print(f"JAX {jax.__version__} on {jax.default_backend()}, {jax.device_count()} device(s); "
         "copy lengths 1-20, 128 x 20 memory, LSTM 100, 1 read + 1 write head")
   grid = []  # (label, config); a bad --variant fails here, before anything compiles
-  for model in _MODELS.value:
-    for b in (int(x) for x in _BATCHES.value):
-      for d in (int(x) for x in _DEVICES.value):
-        for g in (int(x) for x in _GROUPS.value):
-          for v in ("", *_VARIANTS.value):
-            if b % (g * d) == 0:
-              config = config_for(model, b, g, d, parse_overrides(v))
-              algorithmic.validate_config(config)
-              grid.append((dict(model=model, batch=b, devices=d, groups=g,
-                                variant=v or "-"), config))
+  ints = lambda values: [int(x) for x in values]
+  for model, b, d, g, v in itertools.product(
+      _MODELS.value, ints(_BATCHES.value), ints(_DEVICES.value), ints(_GROUPS.value),
+      ("", *_VARIANTS.value)):
+    if b % (g * d) == 0:
+      config = config_for(model, b, g, d, parse_overrides(v))
+      algorithmic.validate_config(config)
+      grid.append((dict(model=model, batch=b, devices=d, groups=g, variant=v or "-"), config))
   side_by_side = _INTERLEAVE.value > 0
   settings, ratios = [], []
   if side_by_side:

@@ -523,15 +523,10 @@ def validation_errors(exp: Experiment, params) -> tuple[int | None, float]:
   from a stream of their own (`VALIDATION_STREAM`), `eval_batches` batches
   of `eval_batch_size`, so the evaluation table stays an independent test.
   """
-  cfg, task = exp.config, exp.task
+  task = exp.task
   longest = next((int(getattr(task, name)) for name in ("max_length", "max_items")
                   if hasattr(task, name)), None)
-  errors = []
-  for i in range(cfg.eval_batches):
-    batch = task.sample(tasks.rng_for(cfg.seed, i, stream=VALIDATION_STREAM),
-                        cfg.eval_batch_size, length=longest, time_steps=exp.eval_time_steps)
-    errors.append(np.asarray(exp.evaluate(params, tasks.Batch(*batch))))
-  return longest, float(np.mean(np.concatenate(errors)))
+  return longest, _mean_errors(exp, params, longest, VALIDATION_STREAM)
 
 
 def select_result(exp: Experiment, params, step: int, kept_params, kept_step: int):
@@ -554,19 +549,20 @@ def select_result(exp: Experiment, params, step: int, kept_params, kept_step: in
   return chosen, chosen_step, note
 
 
-def evaluate_lengths(exp: Experiment, params, lengths) -> dict[int, float]:
-  """Mean bit errors per sequence at each length (fixed seed, stream 1)."""
+def _mean_errors(exp: Experiment, params, length: int | None, stream: int) -> float:
+  """Mean bit errors per sequence over `eval_batches` batches of `stream` at `length`."""
   cfg = exp.config
-  results = {}
-  for length in lengths:
-    errors = []
-    for i in range(cfg.eval_batches):
-      batch = exp.task.sample(tasks.rng_for(cfg.seed, i, stream=1 + int(length)),
-                              cfg.eval_batch_size, length=int(length),
-                              time_steps=exp.eval_time_steps)
-      errors.append(np.asarray(exp.evaluate(params, tasks.Batch(*batch))))
-    results[int(length)] = float(np.mean(np.concatenate(errors)))
-  return results
+  errors = []
+  for i in range(cfg.eval_batches):
+    batch = exp.task.sample(tasks.rng_for(cfg.seed, i, stream=stream), cfg.eval_batch_size,
+                            length=length, time_steps=exp.eval_time_steps)
+    errors.append(np.asarray(exp.evaluate(params, tasks.Batch(*batch))))
+  return float(np.mean(np.concatenate(errors)))
+
+
+def evaluate_lengths(exp: Experiment, params, lengths) -> dict[int, float]:
+  """Mean bit errors per sequence at each length (fixed seed, stream 1 + length)."""
+  return {int(n): _mean_errors(exp, params, int(n), 1 + int(n)) for n in lengths}
 
 
 def _plot_example(exp: Experiment, params, workdir: str) -> list[str]:
