@@ -21,7 +21,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CHUNKS = 3
-_MODELS = ("ntm", "dnc")
+# "ntm_random": the NTM with memory_init='random', whose memory is drawn per sequence
+# from a key of its own, so the split must not change it.
+_MODELS = ("ntm", "dnc", "ntm_random")
 
 
 def _child(out: str) -> None:
@@ -33,10 +35,12 @@ def _child(out: str) -> None:
 
   assert jax.device_count() == 2, jax.devices()
   arrays = {}
-  for name, module in zip(_MODELS, (ntm_copy, dnc_copy)):
+  for name, module in zip(_MODELS, (ntm_copy, dnc_copy, ntm_copy)):
     for devices in (1, 2):
       config = module.get_config("smoke")
       config.cpu_devices = devices
+      if name == "ntm_random":
+        config.model.memory_init = "random"
       exp = algorithmic.build(config)
       params, opt_state = exp.place((exp.params, exp.optimizer.init(exp.params)))
       k = config.steps_per_call
@@ -45,7 +49,8 @@ def _child(out: str) -> None:
         batches = exp.batches(c * k, k)
         # Last scored time step of each half of each step's batch: [k, 2].
         half = config.batch_size // 2
-        scored = (batches.mask > 0).reshape(k, 2, half, -1).any(axis=2)
+        assert (batches.memory_keys is None) == (name != "ntm_random")
+        scored = (batches.data.mask > 0).reshape(k, 2, half, -1).any(axis=2)
         last = scored.shape[-1] - 1 - np.argmax(scored[..., ::-1], axis=-1)
         halves_differ |= bool(np.any(last[:, 0] != last[:, 1]))
         params, opt_state, loss, error = exp.train_chunk(params, opt_state, batches)
@@ -74,7 +79,7 @@ def results(tmp_path_factory):
 def test_two_devices_train_as_one(results, model):
   one, two = (lambda key, d=d: results[f"{model}_{d}_{key}"] for d in (1, 2))
   # The batches' halves end at different steps, so each device ran its own loop length.
-  assert model != "ntm" or bool(two("halves_differ"))
+  assert model == "dnc" or bool(two("halves_differ"))
   np.testing.assert_allclose(two("loss"), one("loss"), rtol=2e-5)
   assert np.isfinite(one("loss")).all() and one("loss").shape == (_CHUNKS * 5,)
   np.testing.assert_array_equal(two("errors"), one("errors"))
@@ -82,6 +87,11 @@ def test_two_devices_train_as_one(results, model):
   assert count > 0
   for i in range(count):
     np.testing.assert_allclose(two(f"param{i}"), one(f"param{i}"), rtol=1e-4, atol=1e-5)
+
+
+def test_random_memory_changes_the_run(results):
+  # memory_init='random' is used: its losses differ from the constant memory's.
+  assert not np.allclose(results["ntm_random_1_loss"], results["ntm_1_loss"], rtol=1e-3)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,26 @@ def test_initial_state_and_memory_inits():
   assert m.shape == (2, N, W) and float(jnp.abs(m[0] - m[1]).max()) > 0.1
 
 
+def test_random_memory_from_one_key_per_sequence():
+  # The trainer's form: raw uint32 key data [B, 2], one key per sequence.
+  random = _cell(memory_init="random")
+  data = np.array([[0, 1], [7, 9], [0, 1]], np.uint32)
+  m = random.initialize_carry((3, IN), rngs=data).memory
+  for b in range(3):
+    key = jax.random.wrap_key_data(jnp.asarray(data[b]))
+    want = 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (N, W))
+    np.testing.assert_array_equal(m[b], want)
+    # A sequence's memory does not depend on the batch it is in.
+    np.testing.assert_array_equal(random.initialize_carry((1, IN), rngs=data[b:b + 1]).memory[0],
+                                  want)
+  assert float(jnp.abs(m).max()) <= 1.0 and float(jnp.abs(m[0] - m[1]).max()) > 0.1
+  typed = jax.random.split(jax.random.key(0), 3)
+  np.testing.assert_array_equal(random.initialize_carry((3, IN), rngs=typed).memory[1],
+                                0.5 * jax.random.truncated_normal(typed[1], -2, 2, (N, W)))
+  with pytest.raises(ValueError, match="batch shape"):
+    random.initialize_carry((2, IN), rngs=data)
+
+
 def test_feedforward_controller_and_unbatched_input():
   cell = _cell(controller="feedforward")
   state = cell.initialize_carry((IN,))
@@ -265,9 +285,9 @@ def test_trainer_draws_batches_with_and_without_a_curriculum(name):
   config = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
   exp = algorithmic.build(config)  # builds; compiles nothing
   state = algorithmic._initial_state(exp)
-  batch = exp.batches(0, 2, int(state["upcoming_level"]))
+  batch = exp.batches(0, 2, int(state["upcoming_level"])).data
   assert batch.inputs.shape[:3] == (2, config.batch_size, exp.time_steps)
   if name == "ntm_copy":
-    short = exp.batches(0, 2, 2)  # curriculum level 2: lengths 1-2 in the same padded shape
+    short = exp.batches(0, 2, 2).data  # curriculum level 2: lengths 1-2 in the same shape
     assert short.inputs.shape == batch.inputs.shape
     assert int(short.mask.sum(axis=-1).max()) <= 2

@@ -222,3 +222,24 @@ def test_a_checkpoint_without_kept_parameters_still_resumes(tmp_path, capsys):
   assert _train_rows(old) == _train_rows(full)  # step for step, bit for bit
   # The old checkpoint did not know step 35 met the criterion: the final model is evaluated.
   assert reference["params_step"] == 35 and resumed["params_step"] == 55
+
+
+@pytest.mark.slow
+def test_random_memory_init_trains_evaluates_plots_and_resumes(tmp_path):
+  # memory_init='random' draws each sequence's memory from a key of its own (a pure
+  # function of seed, stream and step), so a resumed run draws the same memories.
+  def config(num_steps):
+    c = ntm_copy.get_config("smoke")
+    c.model.memory_init, c.num_steps, c.checkpoint_every = "random", num_steps, 10
+    c.stop_at_bit_errors = None
+    return c
+
+  full, part = str(tmp_path / "full"), str(tmp_path / "part")
+  reference = algorithmic.train_and_evaluate(config(30), full)
+  algorithmic.train_and_evaluate(config(20), part)
+  resumed = algorithmic.train_and_evaluate(config(30), part)
+  assert [r[0] for r in _train_rows(full)] == list(range(5, 31, 5))
+  assert _train_rows(part) == _train_rows(full)  # step for step, bit for bit
+  assert resumed["eval"] == reference["eval"]
+  assert all(np.isfinite(r["bit_errors_per_sequence"]) for r in _eval_rows(full))
+  assert os.path.exists(os.path.join(full, "episode.png"))

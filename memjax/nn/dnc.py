@@ -120,22 +120,13 @@ class DNCCell(nnx.RNNCellBase):
 
     Args:
       input_shape: the shape of one step's input; all but the last axis are batch.
-      rngs: needed only with memory_init='random'.
+      rngs: needed only with memory_init='random' (see `ntm.initial_memory`).
       carry_init: unused.
     """
     del carry_init
     batch = tuple(input_shape[:-1])
     n, w, r = self.memory_size, self.word_size, self.num_read_heads
-    if self.memory_init == "constant":
-      memory = jnp.full((n, w), ntm.CONSTANT_MEMORY_VALUE, jnp.float32)
-    elif self.memory_init == "learned":
-      memory = self.initial_memory[...]
-    else:
-      if rngs is None:
-        raise ValueError("memory_init='random' needs `rngs` in initialize_carry")
-      key = rngs() if isinstance(rngs, nnx.RngStream) else (
-          rngs.carry() if "carry" in rngs else rngs.params())
-      memory = 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (*batch, n, w))
+    memory = ntm.initial_memory(self, batch, rngs)
     zeros = lambda *shape: jnp.zeros((*batch, *shape), jnp.float32)
     return DNCState(
         controller=self.controller.initial_state(batch),

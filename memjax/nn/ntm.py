@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from memjax import access
@@ -95,6 +96,36 @@ def validate_memory_options(memory_size: int, word_size: int, num_read_heads: in
     if 2 * shift_range + 1 > memory_size:
       raise ValueError(f"shift_range {shift_range} allows {2 * shift_range + 1} shifts, more "
                        f"than the memory_size N={memory_size} slots")
+
+
+def initial_memory(cell, batch: tuple[int, ...], rngs=None) -> jax.Array:
+  """The initial [N, W] memory of an NTM or DNC cell (`cell.memory_init`), or [*batch, N, W].
+
+  'constant': every entry `CONSTANT_MEMORY_VALUE`; 'learned': the cell's
+  `initial_memory` parameter; 'random': 0.5 x a normal truncated to [-2, 2],
+  drawn per sequence. `rngs` ('random' only) is an `nnx.Rngs` (its `carry`
+  stream if it has one, else `params`), an `nnx.RngStream`, or a PRNG key
+  array of shape `batch` (typed keys, or raw uint32 key data with one more
+  axis), one key per sequence.
+  """
+  n, w = cell.memory_size, cell.word_size
+  if cell.memory_init == "constant":
+    return jnp.full((n, w), CONSTANT_MEMORY_VALUE, jnp.float32)
+  if cell.memory_init == "learned":
+    return cell.initial_memory[...]
+  if rngs is None:
+    raise ValueError("memory_init='random' needs `rngs` in initialize_carry")
+  draw = lambda key: 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (n, w))
+  if isinstance(rngs, (jax.Array, np.ndarray)):
+    keys = rngs if jax.dtypes.issubdtype(rngs.dtype, jax.dtypes.prng_key) else (
+        jax.random.wrap_key_data(jnp.asarray(rngs, jnp.uint32)))
+    if keys.shape != batch:
+      raise ValueError(f"PRNG keys for the initial memory need the batch shape {batch} "
+                       f"(one per sequence); got keys of shape {keys.shape}")
+    return jax.vmap(draw)(keys.reshape(-1)).reshape(*batch, n, w)
+  key = rngs() if isinstance(rngs, nnx.RngStream) else (
+      rngs.carry() if "carry" in rngs else rngs.params())
+  return 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (*batch, n, w))
 
 
 class NTMCell(nnx.RNNCellBase):
@@ -167,22 +198,16 @@ class NTMCell(nnx.RNNCellBase):
 
     Args:
       input_shape: the shape of one step's input; all but the last axis are batch.
-      rngs: needed only with memory_init='random' (the `carry` stream, else `params`).
+      rngs: needed only with memory_init='random': an `nnx.Rngs` (its `carry`
+        stream, else `params`), an `nnx.RngStream`, or a PRNG key array of the
+        batch shape, one key per sequence (the trainer's way: a sequence's
+        memory then does not depend on the batch it is in).
       carry_init: unused (the initial state is set by `memory_init`).
     """
     del carry_init
     batch = tuple(input_shape[:-1])
     n, w, r = self.memory_size, self.word_size, self.num_read_heads
-    if self.memory_init == "constant":
-      memory = jnp.full((n, w), CONSTANT_MEMORY_VALUE, jnp.float32)
-    elif self.memory_init == "learned":
-      memory = self.initial_memory[...]
-    else:
-      if rngs is None:
-        raise ValueError("memory_init='random' needs `rngs` in initialize_carry")
-      key = rngs() if isinstance(rngs, nnx.RngStream) else (
-          rngs.carry() if "carry" in rngs else rngs.params())
-      memory = 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (*batch, n, w))
+    memory = initial_memory(self, batch, rngs)
     weights = jax.nn.softmax(self.initial_weight_logits[...], axis=-1)
     reads = jnp.tanh(self.initial_read_vectors[...])
     expand = lambda x: jnp.broadcast_to(x, (*batch, *x.shape))

@@ -32,6 +32,7 @@ import functools
 import os
 import time
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.extend.backend as jax_backend
@@ -290,6 +291,36 @@ def sequence_loss(logits: jax.Array, batch: tasks.Batch) -> tuple[jax.Array, jax
   return loss, tasks.bit_errors(logits, batch.targets, batch.mask)
 
 
+class Batches(NamedTuple):
+  """What the jitted train and eval functions take: task batches and their memory keys.
+
+  Attributes:
+    data: a `tasks.Batch` ([B, T, ...]; stacked training batches [count, B, T, ...]).
+    memory_keys: raw uint32 PRNG key data [..., B, 2], one key per sequence, that
+      draws its initial memory for models with memory_init='random'; else None.
+  """
+  data: tasks.Batch
+  memory_keys: np.ndarray | None = None
+
+
+# Memory keys come from generators of their own: rng_for's (seed, stream, step) plus this.
+_MEMORY_KEY_TAG = 1
+
+
+def memory_keys(config: ml_collections.ConfigDict, stream: int, step: int,
+                batch_size: int) -> np.ndarray | None:
+  """The memory keys of batch `step` of `stream` ([B, 2] uint32), or None if not needed.
+
+  Needed only with model.memory_init='random'. A pure function of its
+  arguments (so resume is exact) and one key per sequence (so a sequence's
+  memory does not depend on how the batch is split across devices).
+  """
+  if config.model.get("memory_init") != "random":
+    return None
+  rng = np.random.default_rng([int(config.seed), int(stream), int(step), _MEMORY_KEY_TAG])
+  return rng.integers(0, 1 << 32, size=(batch_size, 2), dtype=np.uint32)
+
+
 @dataclasses.dataclass
 class Experiment:
   """Everything a run builds from its config: task, model split into graph and state, steps."""
@@ -307,7 +338,7 @@ class Experiment:
   def cell(self, params=None) -> nnx.RNNCellBase:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
-  def batches(self, first_step: int, count: int, max_length: int | None = None) -> tasks.Batch:
+  def batches(self, first_step: int, count: int, max_length: int | None = None) -> Batches:
     """Training batches `first_step .. first_step + count - 1`, stacked: [count, B, T, ...].
 
     `max_length` (curriculum) draws from the task with that max_length instead,
@@ -317,10 +348,12 @@ class Experiment:
     if max_length and max_length != getattr(task, "max_length", max_length):
       task = dataclasses.replace(task, max_length=max_length,
                                  min_length=min(task.min_length, max_length))
+    steps = range(first_step, first_step + count)
     parts = [task.sample(tasks.rng_for(self.config.seed, s), self.config.batch_size,
-                         time_steps=self.time_steps)
-             for s in range(first_step, first_step + count)]
-    return tasks.Batch(*(np.stack(x) for x in zip(*parts)))
+                         time_steps=self.time_steps) for s in steps]
+    keys = [memory_keys(self.config, 0, s, self.config.batch_size) for s in steps]
+    return Batches(tasks.Batch(*(np.stack(x) for x in zip(*parts))),
+                   None if keys[0] is None else np.stack(keys))
 
 
 def use_cpu_devices(count: int) -> None:
@@ -365,42 +398,49 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
   groups = int(config.get("scan_groups", 1))
 
-  def logits_of(params, batch):
+  def logits_of(params, batch, keys):
     # With scan_groups > 1 the batch is split into independent scans, which XLA:CPU
     # can run on different cores at once; the arithmetic is unchanged.
     cell = nnx.merge(graphdef, params)
     parts = jnp.split(batch.inputs, groups) if groups > 1 else [batch.inputs]
+    carries = [None] * len(parts)
+    if keys is not None:  # memory_init='random': each sequence's memory from its own key
+      carry = cell.initialize_carry(batch.inputs.shape[:1] + batch.inputs.shape[2:], rngs=keys)
+      size = batch.inputs.shape[0] // len(parts)
+      carries = [jax.tree.map(lambda a, i=i: a[i * size:(i + 1) * size], carry)
+                 for i in range(len(parts))]
     # With hoist, the time loop stops after the batch's last scored step (nothing after it
     # changes the loss), so short batches (a curriculum) train faster in the same shape.
     steps = None
     if hoist and hasattr(cell, "step_with_deltas"):
       scored = jnp.any(batch.mask > 0, axis=0)[::-1]
       steps = scored.shape[0] - jnp.argmax(scored)
-    return jnp.concatenate([sequence.run_cell(cell, x, remat=remat, hoist=hoist,
-                                              steps=steps)[1] for x in parts])
+    return jnp.concatenate([
+        sequence.run_cell(cell, x, initial_carry=c, remat=remat, hoist=hoist, steps=steps)[1]
+        for x, c in zip(parts, carries)])
 
-  def loss_fn(params, batch):
-    return sequence_loss(logits_of(params, batch), batch)
+  def loss_fn(params, batch, keys):
+    return sequence_loss(logits_of(params, batch, keys), batch)
 
-  def one_step(state, batch):
+  def one_step(state, batches):
     params, opt_state = state
-    (loss, errors), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    (loss, errors), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, *batches)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return (params, opt_state), (loss, errors)
 
-  def summed_loss_fn(params, batch):
-    logits = logits_of(params, batch)
+  def summed_loss_fn(params, batch, keys):
+    logits = logits_of(params, batch, keys)
     xent, scored_bits = sequence_loss_terms(logits, batch)
     return xent, (scored_bits, tasks.bit_errors(logits, batch.targets, batch.mask))
 
-  def data_parallel_step(state, batch):
+  def data_parallel_step(state, batches):
     # One device's slice of the batch (inside shard_map): gradients of its summed loss,
     # then one all-reduce of the gradients, the summed loss and the scored-bit count.
     # The time loop stops after this slice's own last scored step.
     params, opt_state = state
     (xent, (scored_bits, errors)), grads = jax.value_and_grad(
-        summed_loss_fn, has_aux=True)(params, batch)
+        summed_loss_fn, has_aux=True)(params, *batches)
     grads, xent, scored_bits = jax.lax.psum((grads, xent, scored_bits), "data")
     scored_bits = jnp.maximum(scored_bits, 1.0)
     grads = jax.tree.map(lambda g: g / scored_bits, grads)
@@ -439,8 +479,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                         **shardings)
 
   @functools.partial(jax.jit, compiler_options=compiler_options())
-  def evaluate(params, batch):
-    _, logits, _ = sequence.run_cell(nnx.merge(graphdef, params), batch.inputs)
+  def evaluate(params, batches):
+    batch, keys = batches
+    cell = nnx.merge(graphdef, params)
+    carry = None if keys is None else cell.initialize_carry(
+        batch.inputs.shape[:1] + batch.inputs.shape[2:], rngs=keys)
+    _, logits, _ = sequence.run_cell(cell, batch.inputs, initial_carry=carry)
     return sequence_loss(logits, batch)[1]
 
   return Experiment(config, task, graphdef, params, optimizer, train_chunk, evaluate,
@@ -513,7 +557,9 @@ def _curriculum_start(exp: Experiment) -> int:
   return int(cur.start) if cur is not None and cur.start else top
 
 
-VALIDATION_STREAM = 1 << 20  # the eval streams are 1 + length, the episode plot's is 2
+# Streams of rng_for: 0 training, 1 + length the evaluation at that length, these two.
+VALIDATION_STREAM = 1 << 20
+PLOT_STREAM = VALIDATION_STREAM + 1
 
 
 def validation_errors(exp: Experiment, params) -> tuple[int | None, float]:
@@ -556,7 +602,8 @@ def _mean_errors(exp: Experiment, params, length: int | None, stream: int) -> fl
   for i in range(cfg.eval_batches):
     batch = exp.task.sample(tasks.rng_for(cfg.seed, i, stream=stream), cfg.eval_batch_size,
                             length=length, time_steps=exp.eval_time_steps)
-    errors.append(np.asarray(exp.evaluate(params, tasks.Batch(*batch))))
+    keys = memory_keys(cfg, stream, i, cfg.eval_batch_size)
+    errors.append(np.asarray(exp.evaluate(params, Batches(tasks.Batch(*batch), keys))))
   return float(np.mean(np.concatenate(errors)))
 
 
@@ -573,10 +620,12 @@ def _plot_example(exp: Experiment, params, workdir: str) -> list[str]:
       title=f"{exp.config.model.name} on {exp.config.task.name}")]
   if exp.config.model.name not in ("ntm", "dnc"):
     return paths
-  batch = exp.task.sample(tasks.rng_for(exp.config.seed, 0, stream=2), 1)
+  batch = exp.task.sample(tasks.rng_for(exp.config.seed, 0, stream=PLOT_STREAM), 1)
   cell = exp.cell(params)
+  keys = memory_keys(exp.config, PLOT_STREAM, 0, 1)
+  carry = None if keys is None else cell.initialize_carry((1, batch.inputs.shape[-1]), rngs=keys)
   _, logits, (ww, rw, mem) = sequence.run_cell(
-      cell, jnp.asarray(batch.inputs),
+      cell, jnp.asarray(batch.inputs), initial_carry=carry,
       collect=lambda c: (c.write_weights, c.read_weights, c.memory))
   scored = np.nonzero(batch.mask[0])[0]
   steps = int(scored.max()) + 1 if scored.size else batch.mask.shape[1]  # drop the padding
