@@ -15,19 +15,25 @@ Two modes, each cell timed side by side in one run:
 
 * one step: `jax.value_and_grad` of a loss on the step's output with respect
   to the cell's parameters, returning the new recurrent state, jitted, with
-  the state donated (so the memory is updated in place). Times are the median
-  over `--steps` steps after two warm-up steps, each step feeding the next.
+  the state donated (so the memory is updated in place), parameters passed as
+  a flat list of arrays and inputs made before the clock starts;
 * `--bptt=T`: the same for a T-step sequence in one `lax.scan`, the loss
   summed over the steps and differentiated through time (the dense NTM
   keeps every step's memory for its backward pass; SAM keeps the touched
-  rows only and one in-place [N, W] memory cotangent); the figure is the
-  median sequence time divided by T, over `--bptt-repeats` sequences.
+  rows only and one in-place [N, W] memory cotangent); times are per step
+  (sequence time / T).
+
+The two cells are compiled and warmed up, then timed in `--rounds`
+alternating rounds (`--steps` sparse calls, then `--dense-steps` dense ones;
+`--bptt-repeats` sequences each in the BPTT mode), each call feeding its
+state to the next. The ratio printed is the median of the rounds' ratios,
+so a drift of the machine's speed during the run moves both sides alike;
+the times are the medians over all rounds.
 
 Run:
 
-  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm
-  flock -x /work/cpu.lock python -m benchmarks.sparse_ntm --sizes=1K,16K,64K,1M --steps=20 \
-      --bptt=16 --bptt-repeats=2
+  python -m benchmarks.sparse_ntm
+  python -m benchmarks.sparse_ntm --sizes=1K,16K,64K,1M --steps=20 --bptt=16 --bptt-repeats=2
 """
 
 from __future__ import annotations
@@ -153,32 +159,57 @@ def _sparse_state(cell: sam.SAMCell, n: int) -> sam.SAMState:
   return jax.tree.map(lambda x: x[None], state)
 
 
-def _measure(kind: str, n: int, steps: int, seq: int = 0) -> dict:
-  """Median time of one step; with seq = T > 0, of a T-step sequence divided by T."""
-  rngs = nnx.Rngs(0)
-  make = _sequence_fn if seq else _step_fn
-  if kind == "sparse":
-    cell = sam.SAMCell(IN, OUT, memory_size=n, word_size=WORD, num_read_heads=READS, k=K,
-                       controller_size=CONTROLLER, rngs=rngs)
-    step, params, state = make(cell, lambda c: _sparse_state(c, n))
-  else:
-    step, params, state = make(DenseNTMCell(n, rngs=rngs), lambda c: c.initialize_carry(1))
-  shape = (steps + 2, seq, 1, IN) if seq else (steps + 2, 1, IN)
-  # One device array per call, made before the clock starts (indexing a
-  # device array is itself a dispatched operation, about 0.5 ms here).
-  xs = [jnp.asarray(x) for x in np.random.default_rng(0).normal(size=shape).astype(np.float32)]
-  jax.block_until_ready(xs)
-  times = []
-  for t in range(steps + 2):
-    start = time.perf_counter()
-    (value, state), grads = step(params, state, xs[t])
-    jax.block_until_ready((value, state, grads))
-    times.append(time.perf_counter() - start)
-  assert bool(jnp.isfinite(value))
-  times = np.asarray(times[2:]) / max(seq, 1)
-  return {"kind": kind, "n": n, "mode": f"bptt{seq}" if seq else "step",
-          "median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * float(times.min()),
-          "steps": steps}
+class _Timer:
+  """One cell's jitted step and its state, timed a few calls at a time (the state chains)."""
+
+  def __init__(self, kind: str, n: int, seq: int = 0):
+    rngs = nnx.Rngs(0)
+    make = _sequence_fn if seq else _step_fn
+    if kind == "sparse":
+      cell = sam.SAMCell(IN, OUT, memory_size=n, word_size=WORD, num_read_heads=READS, k=K,
+                         controller_size=CONTROLLER, rngs=rngs)
+      self.step, self.params, self.state = make(cell, lambda c: _sparse_state(c, n))
+    else:
+      self.step, self.params, self.state = make(DenseNTMCell(n, rngs=rngs),
+                                                lambda c: c.initialize_carry(1))
+    self.kind, self.n, self.seq = kind, n, seq
+    shape = (8, seq, 1, IN) if seq else (8, 1, IN)
+    # Device arrays made before the clock starts (indexing a device array is
+    # itself a dispatched operation, about 0.5 ms here).
+    self.xs = [jnp.asarray(x) for x in
+               np.random.default_rng(0).normal(size=shape).astype(np.float32)]
+    jax.block_until_ready(self.xs)
+    self.calls = 0
+    self.times = []
+    self.run(2)  # compile and warm up; not kept
+    self.times = []
+
+  def run(self, count: int) -> float:
+    """Times `count` calls; returns their median per step (ms), keeping every time."""
+    times = []
+    for _ in range(count):
+      x = self.xs[self.calls % len(self.xs)]
+      self.calls += 1
+      start = time.perf_counter()
+      (value, self.state), grads = self.step(self.params, self.state, x)
+      jax.block_until_ready((value, self.state, grads))
+      times.append(1e3 * (time.perf_counter() - start) / max(self.seq, 1))
+    assert bool(jnp.isfinite(value))
+    self.times.extend(times)
+    return float(np.median(times))
+
+  def row(self) -> dict:
+    times = np.asarray(self.times)
+    return {"kind": self.kind, "n": self.n, "mode": f"bptt{self.seq}" if self.seq else "step",
+            "median_ms": float(np.median(times)), "min_ms": float(times.min()),
+            "calls": len(times)}
+
+
+def _compare(n: int, seq: int, calls: tuple[int, int], rounds: int) -> tuple[dict, dict, float]:
+  """Sparse and dense timed in alternating rounds; (rows, median of the per-round ratios)."""
+  sparse, dense = _Timer("sparse", n, seq), _Timer("dense", n, seq)
+  ratios = [dense.run(calls[1]) / sparse.run(calls[0]) for _ in range(rounds)]
+  return sparse.row(), dense.row(), float(np.median(ratios))
 
 
 def _parse_size(text: str) -> int:
@@ -196,29 +227,34 @@ def main() -> None:
   parser.add_argument("--bptt", type=int, default=0,
                       help="also time T-step sequences (backpropagation through time), per step")
   parser.add_argument("--bptt-repeats", type=int, default=3,
-                      help="timed sequences per cell in the --bptt mode")
+                      help="timed sequences per cell and round in the --bptt mode")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="alternating rounds of sparse and dense timing; the ratio printed "
+                           "is the median of the rounds' ratios (this VM drifts by 20 %% "
+                           "within minutes)")
   args = parser.parse_args()
   rows = []
   for n in map(_parse_size, args.sizes.split(",")):
-    pairs = [(_measure("sparse", n, args.steps), _measure("dense", n, args.dense_steps))]
+    modes = [(0, (args.steps, args.dense_steps))]
     if args.bptt:
-      pairs.append((_measure("sparse", n, args.bptt_repeats, args.bptt),
-                    _measure("dense", n, args.bptt_repeats, args.bptt)))
-    for pair in pairs:
-      for row in pair:
+      modes.append((args.bptt, (args.bptt_repeats, args.bptt_repeats)))
+    for seq, calls in modes:
+      sparse, dense, ratio = _compare(n, seq, calls, args.rounds)
+      for row in (sparse, dense):
         print(json.dumps(row), flush=True)
-      rows.append((n, *pair))
+      rows.append((n, sparse, dense, ratio))
   print()
   print(f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s); "
-        f"W={WORD}, R={READS}, K={K}, controller {CONTROLLER}, batch 1, fwd+bwd")
-  print("| N | mode | sparse (SAM) ms | dense (NTM) ms | dense / sparse |")
+        f"W={WORD}, R={READS}, K={K}, controller {CONTROLLER}, batch 1, fwd+bwd; "
+        f"{args.rounds} alternating rounds")
+  print("| N | mode | sparse (SAM) ms | dense (NTM) ms | dense / sparse (median of rounds) |")
   print("| --- | --- | ---: | ---: | ---: |")
-  for n, sparse, dense in rows:
+  for n, sparse, dense, ratio in rows:
     label = f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
     mode = ("one step" if sparse["mode"] == "step"
             else f"per step of a {args.bptt}-step sequence (BPTT)")
     print(f"| {label} | {mode} | {sparse['median_ms']:.2f} | {dense['median_ms']:.2f} | "
-          f"{dense['median_ms'] / sparse['median_ms']:.0f}x |")
+          f"{ratio:.{1 if ratio < 10 else 0}f}x |")
 
 
 if __name__ == "__main__":

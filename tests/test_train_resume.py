@@ -155,6 +155,36 @@ def test_scaling_the_learning_rate_scales_the_next_update(name):
     algorithmic._scale_learning_rate((), 0.5)
 
 
+@pytest.mark.parametrize("name", algorithmic.OPTIMIZERS)
+def test_learning_rate_decay_scales_each_update_by_the_schedule(name):
+  # lr x max(0.5 ** (count / 2), 0.3): counts 0..4 give 1, 0.7071, 0.5, 0.3536, 0.3 (floor).
+  constant = ntm_copy.get_config("smoke")
+  constant.optimizer.name = name
+  decayed = ntm_copy.get_config("smoke")
+  decayed.optimizer.name = name
+  decayed.optimizer.lr_decay_every, decayed.optimizer.lr_floor = 2, 0.3
+  algorithmic.validate_config(decayed)
+  params = {"w": np.array([0.5, -1.0, 2.0], np.float32)}
+  rng = np.random.default_rng(0)
+  opts = [algorithmic.make_optimizer(c) for c in (constant, decayed)]
+  states = [o.init(params) for o in opts]
+  # Scaling the injected learning rate (steps_after_convergence) still works with a decay.
+  assert algorithmic._scale_learning_rate(states[1], 1.0) is not None
+  for want in [1.0, 2 ** -0.5, 0.5, 2 ** -1.5, 0.3]:  # counts 0..4
+    grads = {"w": rng.normal(size=3).astype(np.float32)}
+    (u0, states[0]), (u1, states[1]) = (o.update(grads, st, params)
+                                        for o, st in zip(opts, states))
+    np.testing.assert_allclose(u1["w"], want * u0["w"], rtol=1e-5)
+  for key, value, match in (("lr_decay_every", -1, "lr_decay_every"),
+                            ("lr_decay_rate", 1.5, "lr_decay_rate"),
+                            ("lr_floor", -0.1, "lr_floor")):
+    bad = ntm_copy.get_config("smoke")
+    bad.optimizer.lr_decay_every = 2
+    setattr(bad.optimizer, key, value)
+    with pytest.raises(ValueError, match=match):
+      algorithmic.validate_config(bad)
+
+
 def _collapsing_config(**overrides):
   # Meets a loose criterion at step 35, then a 300x learning rate wrecks the model: the
   # moving average is back above the criterion from step 45 to the end (step 55).

@@ -88,8 +88,11 @@ def default_config() -> ml_collections.ConfigDict:
       "name": "ntm", "memory_size": 128, "word_size": 20, "num_read_heads": 1,
       "num_write_heads": 1, "shift_range": 1, "controller": "lstm", "controller_size": 100,
       "memory_init": "constant", "clip_value": 20.0})
+  # lr_decay_every > 0: the learning rate is multiplied by lr_decay_rate ** (step /
+  # lr_decay_every), but never by less than lr_floor (0: constant learning rate).
   c.optimizer = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3,
-                                           "grad_clip_norm": 10.0})
+                                           "grad_clip_norm": 10.0, "lr_decay_every": 0,
+                                           "lr_decay_rate": 0.5, "lr_floor": 0.1})
   c.batch_size = 16
   c.num_steps = 20000            # upper bound; the stopping criterion usually ends sooner
   c.steps_per_call = 25          # training steps per jitted call
@@ -221,6 +224,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not config.optimizer.learning_rate > 0:
     raise ValueError(f"optimizer.learning_rate must be > 0; got "
                      f"{config.optimizer.learning_rate!r}")
+  every = config.optimizer.get("lr_decay_every", 0)
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    raise ValueError(f"optimizer.lr_decay_every must be an integer >= 0 (0: constant learning "
+                     f"rate); got {every!r}")
+  if every and not 0 < config.optimizer.lr_decay_rate <= 1:
+    raise ValueError(f"optimizer.lr_decay_rate must be in (0, 1]; got "
+                     f"{config.optimizer.lr_decay_rate!r}")
+  if every and not 0 <= config.optimizer.lr_floor <= 1:
+    raise ValueError(f"optimizer.lr_floor must be in [0, 1]; got {config.optimizer.lr_floor!r}")
   clip_norm = config.optimizer.get("grad_clip_norm")
   if clip_norm is not None and not clip_norm > 0:
     raise ValueError(f"optimizer.grad_clip_norm must be > 0 or None; got {clip_norm!r}")
@@ -261,8 +273,27 @@ def build_cell(config: ml_collections.ConfigDict, task, rngs: nnx.Rngs) -> nnx.R
   return cls(task.input_size, task.output_size, rngs=rngs, **options)
 
 
+def learning_rate_scale(config: ml_collections.ConfigDict):
+  """The factor on the learning rate at each step (a function of the step count), or None.
+
+  max(lr_decay_rate ** (count / lr_decay_every), lr_floor) when
+  `optimizer.lr_decay_every` > 0; None (constant learning rate) otherwise.
+  """
+  opt = config.optimizer
+  every = opt.get("lr_decay_every", 0)
+  if not every:
+    return None
+  rate, floor = float(opt.lr_decay_rate), float(opt.lr_floor)
+  return lambda count: jnp.maximum(rate ** (count / every), floor)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam or RMSProp (with momentum), after clipping by global norm."""
+  """Adam or RMSProp (with momentum), after clipping by global norm; optionally decayed.
+
+  The decay (`learning_rate_scale`) scales the updates after the optimizer,
+  which for these optimizers is the same as scaling the learning rate; the
+  injected learning rate itself stays what `steps_after_convergence` scales.
+  """
   opt = config.optimizer
   # The learning rate lives in the optimizer state (so it is checkpointed and can be
   # lowered after convergence, see `steps_after_convergence`).
@@ -272,6 +303,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     base = optax.inject_hyperparams(optax.rmsprop)(
         learning_rate=opt.learning_rate, decay=opt.get("decay", 0.95),
         momentum=opt.get("momentum", 0.9), eps=opt.get("eps", 1e-6), centered=True)
+  schedule = learning_rate_scale(config)
+  if schedule is not None:
+    base = optax.chain(base, optax.scale_by_schedule(schedule))
   if opt.get("grad_clip_norm") is None:
     return base
   return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), base)
