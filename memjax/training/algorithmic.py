@@ -355,6 +355,13 @@ def memory_keys(config: ml_collections.ConfigDict, stream: int, step: int,
   return rng.integers(0, 1 << 32, size=(batch_size, 2), dtype=np.uint32)
 
 
+def _initial_carry(cell, inputs: jax.Array, keys):
+  """None (the cell's own initial state) or, given memory keys, one memory per sequence."""
+  if keys is None:
+    return None
+  return cell.initialize_carry((inputs.shape[0], inputs.shape[-1]), rngs=keys)
+
+
 @dataclasses.dataclass
 class Experiment:
   """Everything a run builds from its config: task, model split into graph and state, steps."""
@@ -437,12 +444,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     # can run on different cores at once; the arithmetic is unchanged.
     cell = nnx.merge(graphdef, params)
     parts = jnp.split(batch.inputs, groups) if groups > 1 else [batch.inputs]
-    carries = [None] * len(parts)
-    if keys is not None:  # memory_init='random': each sequence's memory from its own key
-      carry = cell.initialize_carry(batch.inputs.shape[:1] + batch.inputs.shape[2:], rngs=keys)
-      size = batch.inputs.shape[0] // len(parts)
-      carries = [jax.tree.map(lambda a, i=i: a[i * size:(i + 1) * size], carry)
-                 for i in range(len(parts))]
+    carry = _initial_carry(cell, batch.inputs, keys)  # memory_init='random' only
+    size = batch.inputs.shape[0] // len(parts)
+    carries = [jax.tree.map(lambda a, i=i: a[i * size:(i + 1) * size], carry)
+               for i in range(len(parts))]
     # With hoist, the time loop stops after the batch's last scored step (nothing after it
     # changes the loss), so short batches (a curriculum) train faster in the same shape.
     steps = None
@@ -516,9 +521,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   def evaluate(params, batches):
     batch, keys = batches
     cell = nnx.merge(graphdef, params)
-    carry = None if keys is None else cell.initialize_carry(
-        batch.inputs.shape[:1] + batch.inputs.shape[2:], rngs=keys)
-    _, logits, _ = sequence.run_cell(cell, batch.inputs, initial_carry=carry)
+    _, logits, _ = sequence.run_cell(cell, batch.inputs,
+                                     initial_carry=_initial_carry(cell, batch.inputs, keys))
     return sequence_loss(logits, batch)[1]
 
   return Experiment(config, task, graphdef, params, optimizer, train_chunk, evaluate,
@@ -656,8 +660,7 @@ def _plot_example(exp: Experiment, params, workdir: str) -> list[str]:
     return paths
   batch = exp.task.sample(tasks.rng_for(exp.config.seed, 0, stream=PLOT_STREAM), 1)
   cell = exp.cell(params)
-  keys = memory_keys(exp.config, PLOT_STREAM, 0, 1)
-  carry = None if keys is None else cell.initialize_carry((1, batch.inputs.shape[-1]), rngs=keys)
+  carry = _initial_carry(cell, batch.inputs, memory_keys(exp.config, PLOT_STREAM, 0, 1))
   _, logits, (ww, rw, mem) = sequence.run_cell(
       cell, jnp.asarray(batch.inputs), initial_carry=carry,
       collect=lambda c: (c.write_weights, c.read_weights, c.memory))
