@@ -115,7 +115,7 @@ def initial_memory(cell, batch: tuple[int, ...], rngs=None) -> jax.Array:
     return cell.initial_memory[...]
   if rngs is None:
     raise ValueError("memory_init='random' needs `rngs` in initialize_carry")
-  draw = lambda key: 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (n, w))
+  draw = lambda key, lead=(): 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (*lead, n, w))
   if isinstance(rngs, (jax.Array, np.ndarray)):
     keys = rngs if jax.dtypes.issubdtype(rngs.dtype, jax.dtypes.prng_key) else (
         jax.random.wrap_key_data(jnp.asarray(rngs, jnp.uint32)))
@@ -125,7 +125,7 @@ def initial_memory(cell, batch: tuple[int, ...], rngs=None) -> jax.Array:
     return jax.vmap(draw)(keys.reshape(-1)).reshape(*batch, n, w)
   key = rngs() if isinstance(rngs, nnx.RngStream) else (
       rngs.carry() if "carry" in rngs else rngs.params())
-  return 0.5 * jax.random.truncated_normal(key, -2.0, 2.0, (*batch, n, w))
+  return draw(key, batch)
 
 
 class NTMCell(nnx.RNNCellBase):
