@@ -106,6 +106,15 @@ def default_config() -> ml_collections.ConfigDict:
   # stopping criterion is only tested at the task's own max_length.
   c.curriculum = ml_collections.ConfigDict({"start": 0, "increment": 5, "threshold": 1.0,
                                             "window": 400})
+  # Loss-spike guard (every=0: off; see `spike_detected`). Every `every` steps, while the
+  # moving average of bit errors is the lowest seen at such a check, the parameters,
+  # optimizer state and error window are kept as a snapshot. When the moving average later
+  # exceeds max(factor * the snapshot's, the snapshot's + margin), or the loss is not
+  # finite, training goes back to the snapshot with its learning rate multiplied by
+  # lr_scale and goes on with fresh batches, at most max_rollbacks times. Only before the
+  # stopping criterion is met; not with a curriculum.
+  c.spike_guard = ml_collections.ConfigDict({"every": 0, "factor": 2.0, "margin": 2.0,
+                                             "lr_scale": 0.5, "max_rollbacks": 8})
   c.stop_at_bit_errors = 0.1     # None: train for num_steps
   c.steps_after_convergence = 0  # keep training this many steps once below stop_at_bit_errors,
   c.lr_after_convergence = 0.1   # with the learning rate multiplied by this
@@ -258,9 +267,49 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f"{config.error_window}]; got {cur.window!r}")
     if not cur.threshold > 0:
       raise ValueError(f"curriculum.threshold must be > 0; got {cur.threshold!r}")
+  guard = config.get("spike_guard")
+  if guard is not None:
+    _validate_spike_guard(config, guard)
   if not isinstance(config.seed, int):
     raise ValueError(f"seed must be an integer; got {config.seed!r}")
   del task
+
+
+def _validate_spike_guard(config: ml_collections.ConfigDict, guard) -> None:
+  every = guard.every
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    raise ValueError(f"spike_guard.every must be an integer >= 0 (0: off); got {every!r}")
+  if not every:
+    return
+  if every % config.steps_per_call:
+    raise ValueError(f"spike_guard.every={every} must be a multiple of "
+                     f"steps_per_call={config.steps_per_call}")
+  cur = config.get("curriculum")
+  if cur is not None and cur.start:
+    raise ValueError("spike_guard and curriculum cannot be used together (a rollback "
+                     "would cross curriculum levels)")
+  if not guard.factor >= 1:
+    raise ValueError(f"spike_guard.factor must be >= 1; got {guard.factor!r}")
+  if not guard.margin >= 0:
+    raise ValueError(f"spike_guard.margin must be >= 0; got {guard.margin!r}")
+  if not 0 < guard.lr_scale <= 1:
+    raise ValueError(f"spike_guard.lr_scale must be in (0, 1]; got {guard.lr_scale!r}")
+  rollbacks = guard.max_rollbacks
+  if not isinstance(rollbacks, int) or isinstance(rollbacks, bool) or rollbacks < 0:
+    raise ValueError(f"spike_guard.max_rollbacks must be an integer >= 0; got {rollbacks!r}")
+
+
+def spike_detected(average: float, snapshot_average: float, factor: float,
+                   margin: float) -> bool:
+  """Whether a moving average of bit errors counts as a spike against the snapshot's.
+
+  True when `average` exceeds both `factor` times the snapshot's average and
+  the snapshot's average plus `margin` (so a small absolute rise on a nearly
+  solved task is not a spike), or is not finite.
+  """
+  if not np.isfinite(average):
+    return True
+  return bool(average > max(factor * snapshot_average, snapshot_average + margin))
 
 
 # ----------------------------------------------------------------------------- model
@@ -534,9 +583,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 def _initial_state(exp: Experiment) -> dict[str, Any]:
   window = exp.config.error_window
+  opt_state = exp.optimizer.init(exp.params)
   return {
       "params": exp.params,
-      "opt_state": exp.optimizer.init(exp.params),
+      "opt_state": opt_state,
       "step": np.asarray(0, np.int64),
       "recent_errors": np.full((window,), np.nan, np.float32),
       "wall_time": np.asarray(0.0, np.float64),
@@ -550,12 +600,60 @@ def _initial_state(exp: Experiment) -> dict[str, Any]:
       # next chunk (decided one chunk earlier); both are the task's max_length when off.
       "level": np.asarray(_curriculum_start(exp), np.int64),
       "upcoming_level": np.asarray(_curriculum_start(exp), np.int64),
+      # The spike guard's snapshot (`spike_guard`): parameters, optimizer state, error
+      # window, its moving average and its step (-1: none yet); and the rollbacks so far.
+      **_no_snapshot(exp.params, opt_state, window),
   }
 
 
+def _no_snapshot(params, opt_state, window: int) -> dict[str, Any]:
+  return {"guard_params": params, "guard_opt_state": opt_state,
+          "guard_errors": np.full((window,), np.nan, np.float32),
+          "guard_average": np.asarray(np.nan, np.float64),
+          "guard_step": np.asarray(-1, np.int64), "rollbacks": np.asarray(0, np.int64)}
+
+
+KEPT_KEYS = ("kept_params", "kept_step")
+GUARD_KEYS = tuple(_no_snapshot(None, None, 1))
+# Keys that older versions of the trainer did not write, newest first: a checkpoint is
+# restored with the first template it fits, and `_upgrade_state` fills in the rest.
+LEGACY_KEYS = (GUARD_KEYS, GUARD_KEYS + KEPT_KEYS)
+
+
 def _upgrade_state(old: dict[str, Any]) -> dict[str, Any]:
-  """A state restored from a checkpoint written before `kept_params` existed."""
-  return {**old, "kept_params": old["params"], "kept_step": np.asarray(-1, np.int64)}
+  """A state restored from a checkpoint written by an older trainer (see `LEGACY_KEYS`)."""
+  new = dict(old)
+  if "kept_params" not in old:
+    new.update(kept_params=old["params"], kept_step=np.asarray(-1, np.int64))
+  if "guard_params" not in old:
+    new.update(_no_snapshot(old["params"], old["opt_state"], len(old["recent_errors"])))
+  return new
+
+
+def _as_window(values, size: int) -> np.ndarray:
+  """The last `size` of `values` as a float32 array, NaN-padded in front."""
+  out = np.full((size,), np.nan, np.float32)
+  values = list(values)[-size:]
+  if values:
+    out[-len(values):] = np.asarray(values, np.float32)
+  return out
+
+
+def _learning_rate(opt_state) -> float:
+  """The injected learning rate held in `opt_state` (see `_scale_learning_rate`)."""
+  found = []
+
+  def visit(state):
+    hyper = getattr(state, "hyperparams", None)
+    if isinstance(hyper, dict) and "learning_rate" in hyper:
+      found.append(float(np.asarray(hyper["learning_rate"])))
+    return state
+
+  jax.tree.map(visit, opt_state,
+               is_leaf=lambda x: isinstance(getattr(x, "hyperparams", None), dict))
+  if not found:
+    raise ValueError("the optimizer state holds no injected learning_rate")
+  return found[0]
 
 
 def _copy(tree):
@@ -690,8 +788,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.keep_checkpoints)
   state = _initial_state(exp)
-  legacy = {k: v for k, v in state.items() if k not in ("kept_params", "kept_step")}
-  restored = ckpt.restore_latest(state, fallbacks=[(legacy, _upgrade_state)])
+  fallbacks = [({k: v for k, v in state.items() if k not in missing}, _upgrade_state)
+               for missing in LEGACY_KEYS]
+  restored = ckpt.restore_latest(state, fallbacks=fallbacks)
   previous_wall = 0.0
   if restored is not None:
     _, state = restored
@@ -706,6 +805,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   converged_step = int(state["converged_step"])
   kept_params, kept_step = _copy(exp.place(state["kept_params"])), int(state["kept_step"])
   level, fed_level = int(state["level"]), int(state["upcoming_level"])
+  guard = config.get("spike_guard")
+  guard_every = int(guard.every) if guard is not None else 0
+  guard_params = _copy(exp.place(state["guard_params"]))
+  guard_opt_state = _copy(exp.place(state["guard_opt_state"]))
+  guard_errors = [e for e in state["guard_errors"] if np.isfinite(e)]
+  guard_average, guard_step = float(state["guard_average"]), int(state["guard_step"])
+  rollbacks = int(state["rollbacks"])
   top = getattr(exp.task, "max_length", 0)
   cur = config.get("curriculum")
   curriculum = cur is not None and bool(cur.start)
@@ -718,14 +824,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   wall = lambda: previous_wall + time.time() - launched
 
   def snapshot(at_step):
-    recent = np.full((config.error_window,), np.nan, np.float32)
-    if window:
-      recent[-len(window):] = np.asarray(window, np.float32)
     return {"params": params, "opt_state": opt_state, "step": np.asarray(at_step, np.int64),
-            "recent_errors": recent, "wall_time": np.asarray(wall(), np.float64),
+            "recent_errors": _as_window(window, config.error_window),
+            "wall_time": np.asarray(wall(), np.float64),
             "converged_step": np.asarray(converged_step, np.int64),
             "kept_params": kept_params, "kept_step": np.asarray(kept_step, np.int64),
-            "level": np.asarray(level, np.int64), "upcoming_level": np.asarray(fed_level, np.int64)}
+            "level": np.asarray(level, np.int64), "upcoming_level": np.asarray(fed_level, np.int64),
+            "guard_params": guard_params, "guard_opt_state": guard_opt_state,
+            "guard_errors": _as_window(guard_errors, config.error_window),
+            "guard_average": np.asarray(guard_average, np.float64),
+            "guard_step": np.asarray(guard_step, np.int64),
+            "rollbacks": np.asarray(rollbacks, np.int64)}
 
   progress = metrics.Progress(end_step(), step,
                               may_stop_early=stop_at is not None and converged_step < 0)
@@ -759,9 +868,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else:
           opt_state = exp.place(_scale_learning_rate(opt_state,
                                                      config.get("lr_after_convergence", 1.0)))
-      if not np.all(np.isfinite(loss)):
+      finite = bool(np.all(np.isfinite(loss)))
+      guarding = guard_every > 0 and converged_step < 0 and upcoming is not None
+      if (guarding and guard_step >= 0 and rollbacks < guard.max_rollbacks
+          and (not finite or (full and spike_detected(average, guard_average, guard.factor,
+                                                      guard.margin)))):
+        # Back to the snapshot, at a lower learning rate; the snapshot takes that rate too,
+        # so a second spike lowers it again. The data stream goes on (no batch is reused).
+        rollbacks += 1
+        guard_opt_state = exp.place(_scale_learning_rate(guard_opt_state, guard.lr_scale))
+        params, opt_state = _copy(guard_params), _copy(guard_opt_state)
+        seen = "a non-finite loss" if not finite else f"{average:.3f} bit errors per sequence"
+        window = collections.deque(guard_errors, maxlen=config.error_window)
+        rate = _learning_rate(opt_state)
+        logging.warning("spike guard: %s at step %d against %.3f at step %d; rolled back to "
+                        "step %d's parameters with learning rate %.3g (rollback %d of at most "
+                        "%d)", seen, step, guard_average, guard_step, guard_step, rate,
+                        rollbacks, guard.max_rollbacks)
+        writer.write(step, rollback_to=guard_step, bit_errors_per_sequence=average,
+                     learning_rate=rate, rollbacks=rollbacks)
+        average = guard_average
+      elif not finite:
         logging.error("non-finite loss at step %d; stopping", step)
         upcoming = None
+      elif (guarding and full and step % guard_every == 0
+            and not (guard_step >= 0 and average > guard_average)):
+        guard_params, guard_opt_state = _copy(params), _copy(opt_state)
+        guard_errors, guard_average, guard_step = list(window), average, step
       elif (converged_step >= 0 and full and average < stop_at and level == top
             and chunk_level == level and float(np.mean(errors)) < stop_at):
         # Good over the whole window and over this chunk alone: the moving average lags by
@@ -782,7 +915,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   summary: dict[str, Any] = {"step": step, "converged_step": converged_step,
                              "bit_errors_per_sequence": float(np.mean(window)) if window
                              else float("nan"), "wall_time": wall(),
-                             "params_step": step}
+                             "params_step": step, "rollbacks": rollbacks}
+  if rollbacks:
+    print(f"spike guard: rolled back {rollbacks} time(s); learning rate now "
+          f"{_learning_rate(opt_state):.3g}", flush=True)
   if converged_step >= 0:
     when = ("earlier run" if converged_wall is None else
             f"{converged_wall:.1f} s after launch")
