@@ -121,7 +121,7 @@ def test_a_wrecked_model_is_rolled_back_to_the_snapshot_at_half_the_rate(
   _wreck_at(monkeypatch, 30, how)
   summary = algorithmic.train_and_evaluate(config, workdir)
   assert summary["step"] == 60 and summary["rollbacks"] == 1
-  assert (f"spike guard: rolled back 1 time(s); learning rate now {LR / 2:.3g}"
+  assert (f"spike guard: rolled back 1 time(s); base learning rate now {LR / 2:.3g}"
           in capsys.readouterr().out)
   (rollback,) = [r for r in _rows(workdir) if "rollback_to" in r]
   assert rollback["step"] == 30

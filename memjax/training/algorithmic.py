@@ -882,7 +882,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         window = collections.deque(guard_errors, maxlen=config.error_window)
         rate = _learning_rate(opt_state)
         logging.warning("spike guard: %s at step %d against %.3f at step %d; rolled back to "
-                        "step %d's parameters with learning rate %.3g (rollback %d of at most "
+                        "step %d's parameters with base learning rate %.3g (rollback %d of at most "
                         "%d)", seen, step, guard_average, guard_step, guard_step, rate,
                         rollbacks, guard.max_rollbacks)
         writer.write(step, rollback_to=guard_step, bit_errors_per_sequence=average,
@@ -917,7 +917,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              else float("nan"), "wall_time": wall(),
                              "params_step": step, "rollbacks": rollbacks}
   if rollbacks:
-    print(f"spike guard: rolled back {rollbacks} time(s); learning rate now "
+    print(f"spike guard: rolled back {rollbacks} time(s); base learning rate now "
           f"{_learning_rate(opt_state):.3g}", flush=True)
   if converged_step >= 0:
     when = ("earlier run" if converged_wall is None else
