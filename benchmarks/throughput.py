@@ -6,7 +6,10 @@ r"""Training throughput of the NTM and DNC on the copy task, sequences per secon
 
 Setting (issue 3): copy task, lengths uniform in 1-20 (padded to 41 steps),
 8 bits, 128 x 20 memory, LSTM controller of 100 units, one read and one write
-head, Adam with global-norm clipping. Each setting runs the trainer's own
+head, Adam with global-norm clipping. By default the NTM runs as the ntm_copy
+config trains it: each batch sorted by length and each device's part run as
+two scan groups, each stopping after its own last scored step
+(`--scan_groups=1` for one full-batch scan per device). Each setting runs the trainer's own
 jitted step (`memjax.training.algorithmic.build`) and its own loop: the host
 draws the next batches with NumPy while the device trains on the current ones.
 Compile time is the first call; throughput is measured over the calls after
@@ -45,7 +48,11 @@ _MODELS = flags.DEFINE_list("models", ["ntm", "dnc"], "Models to time.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "16", "64"], "Batch sizes.")
 _SECONDS = flags.DEFINE_float("seconds", 8.0, "Measuring time per setting (after compile).")
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 10, "Training steps per jitted call.")
-_GROUPS = flags.DEFINE_list("scan_groups", ["1"], "Values of config.scan_groups to compare.")
+_GROUPS = flags.DEFINE_list(
+    "scan_groups", ["auto"], "Values of config.scan_groups to compare; 'auto': the ntm_copy "
+    "config's 2 for the NTM where each device's batch part divides by 2 (else 1), 1 for the DNC.")
+_SORT = flags.DEFINE_bool("sort_by_length", True, "config.sort_by_length for settings with more "
+                          "than one scan group (each batch ordered by length, `length_order`).")
 _DEVICES = flags.DEFINE_list("cpu_devices", ["1"], "Values of config.cpu_devices to compare "
                              "(CPU devices the batch is split across, one per core).")
 _INTERLEAVE = flags.DEFINE_float(
@@ -70,8 +77,15 @@ def parse_overrides(text: str) -> dict:
   return overrides
 
 
+def scan_groups_for(model: str, batch_size: int, devices: int, groups: str) -> int:
+  """An integer --scan_groups value, or 'auto' resolved (see the flag)."""
+  if groups != "auto":
+    return int(groups)
+  return 2 if model == "ntm" and batch_size % (2 * devices) == 0 else 1
+
+
 def config_for(model: str, batch_size: int, groups: int = 1, devices: int = 1,
-               overrides: dict | None = None):
+               overrides: dict | None = None, sort_by_length: bool = True):
   c = algorithmic_base.base_config()
   if model == "dnc":
     c.model = {"name": "dnc", "memory_size": 128, "word_size": 20, "num_read_heads": 1,
@@ -79,6 +93,7 @@ def config_for(model: str, batch_size: int, groups: int = 1, devices: int = 1,
                "clip_value": 20.0}
   c.batch_size = batch_size
   c.scan_groups = groups
+  c.sort_by_length = sort_by_length and groups > 1
   c.cpu_devices = devices
   c.steps_per_call = _STEPS_PER_CALL.value
   c.log_every = c.checkpoint_every = c.steps_per_call
@@ -172,11 +187,12 @@ def main(argv):
         "copy lengths 1-20, 128 x 20 memory, LSTM 100, 1 read + 1 write head")
   grid = []  # (label, config); a bad --variant fails here, before anything compiles
   ints = lambda values: [int(x) for x in values]
-  for model, b, d, g, v in itertools.product(
-      _MODELS.value, ints(_BATCHES.value), ints(_DEVICES.value), ints(_GROUPS.value),
+  for model, b, d, groups, v in itertools.product(
+      _MODELS.value, ints(_BATCHES.value), ints(_DEVICES.value), _GROUPS.value,
       ("", *_VARIANTS.value)):
+    g = scan_groups_for(model, b, d, groups)
     if b % (g * d) == 0:
-      config = config_for(model, b, g, d, parse_overrides(v))
+      config = config_for(model, b, g, d, parse_overrides(v), _SORT.value)
       algorithmic.validate_config(config)
       grid.append((dict(model=model, batch=b, devices=d, groups=g, variant=v or "-"), config))
   side_by_side = _INTERLEAVE.value > 0

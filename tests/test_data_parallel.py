@@ -6,8 +6,10 @@ scored step, and one all-reduce sums the gradients, the loss and the count
 of scored bits. The test runs this file as a child process with two CPU
 devices (`JAX_NUM_CPU_DEVICES=2`, so the rest of the suite keeps one); the
 child trains the NTM and the DNC smoke configs for three chunks from the
-same start on the same batches, once on one device and once on two, and
-writes the losses, bit errors and parameters, which the test compares.
+same start on the same batches (the two-device run's: `ntm_copy` orders
+each batch by length for its devices and scan groups), once on one device
+and once on two, and writes the losses, bit errors and parameters, which the
+test compares.
 """
 
 from __future__ import annotations
@@ -36,17 +38,21 @@ def _child(out: str) -> None:
   assert jax.device_count() == 2, jax.devices()
   arrays = {}
   for name, module in zip(_MODELS, (ntm_copy, dnc_copy, ntm_copy)):
-    for devices in (1, 2):
+    feed = None  # the two-device run's batches, which both runs train on
+    for devices in (2, 1):
       config = module.get_config("smoke")
       config.cpu_devices = devices
       if name == "ntm_random":
         config.model.memory_init = "random"
       exp = algorithmic.build(config)
+      # ntm_copy sorts each batch by length for its devices and scan groups, so the
+      # one-device config orders it differently: feed it the two-device batches.
+      feed = feed or exp
       params, opt_state = exp.place((exp.params, exp.optimizer.init(exp.params)))
       k = config.steps_per_call
       losses, errors, halves_differ = [], [], False
       for c in range(_CHUNKS):
-        batches = exp.batches(c * k, k)
+        batches = feed.batches(c * k, k)
         # Last scored time step of each half of each step's batch: [k, 2].
         half = config.batch_size // 2
         assert (batches.memory_keys is None) == (name != "ntm_random")

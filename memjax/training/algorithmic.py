@@ -120,7 +120,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.lr_after_convergence = 0.1   # with the learning rate multiplied by this
   c.remat = True
   c.hoist = True                 # weight gradients of the linear layers outside the time loop
-  c.scan_groups = 1              # independent scans over batch parts (cores run them at once)
+  c.scan_groups = 1              # independent scans over each device's batch part, one after
+                                 # another, each stopping after its own last scored step
+  c.sort_by_length = False       # order each batch by length first (`length_order`), so each
+                                 # scan group holds sequences of similar lengths
   c.cpu_devices = 1              # >1: split each batch across that many CPU devices (cores)
   c.eval_lengths = (20, 40, 60, 80, 100)
   c.eval_batch_size = 32
@@ -214,9 +217,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"cpu_devices must be an integer >= 1 dividing batch_size="
                      f"{config.batch_size}; got {cpu_devices!r}")
   groups = config.get("scan_groups", 1)
-  if not isinstance(groups, int) or groups < 1 or config.batch_size % groups:
-    raise ValueError(f"scan_groups must be an integer >= 1 dividing batch_size="
-                     f"{config.batch_size}; got {groups!r}")
+  if not isinstance(groups, int) or groups < 1 or config.batch_size % (groups * cpu_devices):
+    raise ValueError(f"scan_groups must be an integer >= 1 such that cpu_devices x scan_groups "
+                     f"divides batch_size={config.batch_size}; got scan_groups={groups!r} with "
+                     f"cpu_devices={cpu_devices}")
+  if not isinstance(config.get("sort_by_length", False), bool):
+    raise ValueError(f"sort_by_length must be True or False; got "
+                     f"{config.get('sort_by_length')!r}")
   after = config.get("steps_after_convergence", 0)
   if not isinstance(after, int) or after < 0:
     raise ValueError(f"steps_after_convergence must be an integer >= 0; got {after!r}")
@@ -442,8 +449,52 @@ class Experiment:
     parts = [task.sample(tasks.rng_for(self.config.seed, s), self.config.batch_size,
                          time_steps=self.time_steps) for s in steps]
     keys = [memory_keys(self.config, 0, s, self.config.batch_size) for s in steps]
+    if self.config.get("sort_by_length", False):
+      # By the configured devices, not those present: the data stream is a function of
+      # the config alone (a run resumed on a machine with fewer devices sees the same).
+      devices = self.config.get("cpu_devices", 1)
+      groups = self.config.get("scan_groups", 1)
+      order = [length_order(p.mask, devices, groups) for p in parts]
+      parts = [tasks.Batch(*(a[o] for a in p)) for p, o in zip(parts, order)]
+      keys = [k if k is None else k[o] for k, o in zip(keys, order)]
     return Batches(tasks.Batch(*(np.stack(x) for x in zip(*parts))),
                    None if keys[0] is None else np.stack(keys))
+
+
+def length_order(mask: np.ndarray, devices: int, groups: int) -> np.ndarray:
+  """The order of a batch's sequences that `sort_by_length` trains them in.
+
+  A training step splits the batch into `devices` contiguous parts, one per
+  device, and each part into `groups` contiguous scan groups whose time loops
+  stop after their own last scored step; the step ends when the slowest
+  device has run all its groups. So the sequences are sorted by their last
+  scored step (longest first, ties in batch order) and cut into
+  devices x groups blocks of equal size, and the blocks are dealt to the
+  devices in a snake (0, 1, ..., D-1, D-1, ..., 1, 0, 0, 1, ...): every
+  group holds sequences of similar lengths and every device gets a similar
+  total of loop steps. The loss and gradients are sums over sequences, so
+  the order changes them only by float rounding.
+
+  Args:
+    mask: [B, T] (or [B, T, ...]) the batch's scored-step mask.
+    devices: D, the devices the batch is split across.
+    groups: G, scan groups per device; D x G must divide B.
+
+  Returns:
+    [B] a permutation: the batch's row i is the original row `order[i]`.
+  """
+  b = mask.shape[0]
+  if b % (devices * groups):
+    raise ValueError(f"devices x groups = {devices} x {groups} must divide the batch size {b}")
+  scored = mask.reshape(b, mask.shape[1], -1).max(axis=-1) > 0
+  last = np.where(scored.any(axis=1), scored.shape[1] - np.argmax(scored[:, ::-1], axis=1), 0)
+  by_length = np.argsort(-last, kind="stable")
+  blocks = np.split(by_length, devices * groups)
+  per_device = [[] for _ in range(devices)]
+  for i, block in enumerate(blocks):
+    lap, pos = divmod(i, devices)
+    per_device[pos if lap % 2 == 0 else devices - 1 - pos].append(block)
+  return np.concatenate([np.concatenate(x) for x in per_device])
 
 
 def use_cpu_devices(count: int) -> None:
@@ -499,13 +550,17 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                for i in range(len(parts))]
     # With hoist, the time loop stops after the batch's last scored step (nothing after it
     # changes the loss), so short batches (a curriculum) train faster in the same shape.
-    steps = None
-    if hoist and hasattr(cell, "step_with_deltas"):
-      scored = jnp.any(batch.mask > 0, axis=0)[::-1]
-      steps = scored.shape[0] - jnp.argmax(scored)
-    return jnp.concatenate([
-        sequence.run_cell(cell, x, initial_carry=c, remat=remat, hoist=hoist, steps=steps)[1]
-        for x, c in zip(parts, carries)])
+    # Each part's loop stops after its own last scored step.
+    masks = jnp.split(batch.mask, len(parts))
+    outputs = []
+    for x, c, m in zip(parts, carries, masks):
+      steps = None
+      if hoist and hasattr(cell, "step_with_deltas"):
+        scored = jnp.any(m > 0, axis=0)[::-1]
+        steps = scored.shape[0] - jnp.argmax(scored)
+      outputs.append(sequence.run_cell(cell, x, initial_carry=c, remat=remat, hoist=hoist,
+                                       steps=steps)[1])
+    return jnp.concatenate(outputs)
 
   def loss_fn(params, batch, keys):
     return sequence_loss(logits_of(params, batch, keys), batch)
