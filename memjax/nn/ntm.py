@@ -311,8 +311,19 @@ class NTMCell(nnx.RNNCellBase):
 # along N in the minor axis, and the sums over W are over the middle axis.
 
 
-def _roll(x: jax.Array, offset: int) -> jax.Array:
-  return jnp.roll(x, offset, axis=-1)
+def _shifts(x: jax.Array, half: int, sign: int = 1) -> list[jax.Array]:
+  """[roll(x, sign * o) for o in -half..half] along the last axis, as slices of one array.
+
+  x is padded circularly once (one concatenate) and each shift is a slice of
+  it, which XLA fuses into the consumer, instead of `jnp.roll`'s slices and
+  concatenate per shift.
+  """
+  if half == 0:
+    return [x]
+  n = x.shape[-1]
+  padded = jnp.concatenate([x[..., n - half:], x, x[..., :half]], axis=-1)
+  # roll(x, s)[i] = x[i - s] = padded[i - s + half].
+  return [padded[..., half - sign * o: half - sign * o + n] for o in range(-half, half + 1)]
 
 
 def _outer(w: jax.Array, v: jax.Array) -> jax.Array:
@@ -323,6 +334,20 @@ def _outer(w: jax.Array, v: jax.Array) -> jax.Array:
 def _write_factors(write_w: jax.Array, erase: jax.Array) -> list[jax.Array]:
   """The erase factors (1 - w_h e_h^T), [B, W, N] each, one per write head."""
   return [1.0 - _outer(write_w[:, h], erase[:, h]) for h in range(erase.shape[1])]
+
+
+def _sum_words(term: Callable[[int], jax.Array], w: int) -> jax.Array:
+  """sum_i term(i) for i < w: a sum over the word axis W of [B, W, N] products.
+
+  Written as W element-wise additions of [.., N] slices instead of a reduce over
+  the middle axis, which XLA:CPU emits as scalar loops inside the fusion; with
+  N minor the additions vectorise (NTM training about 1.1x faster on one device
+  with `_shifts`, side by side).
+  """
+  out = term(0)
+  for i in range(1, w):
+    out = out + term(i)
+  return out
 
 
 def _product(factors: list[jax.Array]) -> jax.Array:
@@ -337,12 +362,12 @@ def _memory_step_forward(num_reads, memory_t, prev_w, key, strength, gate, shift
   half = shift_w.shape[-1] // 2
   mem_norm = jnp.sqrt(jnp.sum(memory_t * memory_t, axis=1) + addressing.NORM_EPSILON)  # [B, N]
   key_norm = jnp.sqrt(jnp.sum(key * key, axis=-1) + addressing.NORM_EPSILON)          # [B, K]
-  dot = jnp.sum(memory_t[:, None] * key[..., None], axis=2)                            # [B, K, N]
+  w = memory_t.shape[1]
+  dot = _sum_words(lambda i: memory_t[:, None, i] * key[:, :, i, None], w)              # [B, K, N]
   sim = dot / (mem_norm[:, None, :] * key_norm[..., None])                             # eq. 6
   content = jax.nn.softmax(strength[..., None] * sim, axis=-1)                        # eq. 5
   gated = gate[..., None] * content + (1.0 - gate[..., None]) * prev_w                 # eq. 7
-  shifted = sum(shift_w[..., o + half, None] * _roll(gated, o)                          # eq. 8
-                for o in range(-half, half + 1))
+  shifted = sum(shift_w[..., i, None] * g for i, g in enumerate(_shifts(gated, half)))  # eq. 8
   log_shifted = jnp.log(shifted + addressing.SHARPEN_EPSILON)
   weights = jax.nn.softmax(gamma[..., None] * log_shifted, axis=-1)                    # eq. 9
   read_w, write_w = weights[:, :num_reads], weights[:, num_reads:]
@@ -359,6 +384,7 @@ def _memory_step_backward(num_reads, residuals, cotangents):
    content, gated, shifted, log_shifted, weights) = residuals
   d_weights, d_reads, d_new = cotangents  # d_new: [B, W, N]
   half = shift_w.shape[-1] // 2
+  w = memory_t.shape[1]
   read_w, write_w = weights[:, :num_reads], weights[:, num_reads:]
   heads = erase.shape[1]
   # Write: M' = M * prod_h F_h + sum_h w_h a_h^T with F_h = 1 - w_h e_h^T.
@@ -370,23 +396,22 @@ def _memory_step_backward(num_reads, residuals, cotangents):
   for h in range(heads):
     others = [f for i, f in enumerate(factors) if i != h]
     d_factor = d_keep * _product(others) if others else d_keep
-    d_write_w.append(jnp.sum(d_new * add[:, h, :, None] - d_factor * erase[:, h, :, None],
-                             axis=1))
+    d_write_w.append(_sum_words(
+        lambda i, h=h, d_factor=d_factor: (d_new[:, i] * add[:, h, i, None]
+                                           - d_factor[:, i] * erase[:, h, i, None]), w))
     d_erase.append(-jnp.sum(d_factor * write_w[:, h, None, :], axis=-1))
   d_erase = jnp.stack(d_erase, axis=1)
   # Read: r = w M.
   d_memory = d_memory + sum(_outer(read_w[:, r], d_reads[:, r]) for r in range(num_reads))
-  d_read_w = jnp.sum(d_reads[..., None] * memory_t[:, None], axis=2)                   # [B, R, N]
+  d_read_w = _sum_words(lambda i: d_reads[:, :, i, None] * memory_t[:, None, i], w)    # [B, R, N]
   d_w = d_weights + jnp.concatenate([d_read_w, jnp.stack(d_write_w, axis=1)], axis=1)
   # Sharpen: w = softmax(gamma log(s + eps)).
   d_logits = weights * (d_w - jnp.sum(d_w * weights, axis=-1, keepdims=True))
   d_gamma = jnp.sum(d_logits * log_shifted, axis=-1)
   d_shifted = gamma[..., None] * d_logits / (shifted + addressing.SHARPEN_EPSILON)
   # Shift: s[i] = sum_o k_o g[i - o].
-  d_gated = sum(shift_w[..., o + half, None] * _roll(d_shifted, -o)
-                for o in range(-half, half + 1))
-  d_shift = jnp.stack([jnp.sum(d_shifted * _roll(gated, o), axis=-1)
-                       for o in range(-half, half + 1)], axis=-1)
+  d_gated = sum(shift_w[..., i, None] * d for i, d in enumerate(_shifts(d_shifted, half, -1)))
+  d_shift = jnp.stack([jnp.sum(d_shifted * g, axis=-1) for g in _shifts(gated, half)], axis=-1)
   # Interpolate: g c + (1 - g) w_prev.
   d_content = gate[..., None] * d_gated
   d_gate = jnp.sum(d_gated * (content - prev_w), axis=-1)
