@@ -548,9 +548,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     size = batch.inputs.shape[0] // len(parts)
     carries = [jax.tree.map(lambda a, i=i: a[i * size:(i + 1) * size], carry)
                for i in range(len(parts))]
-    # With hoist, the time loop stops after the batch's last scored step (nothing after it
-    # changes the loss), so short batches (a curriculum) train faster in the same shape.
-    # Each part's loop stops after its own last scored step.
+    # With hoist, each part's time loop stops after that part's last scored step (nothing
+    # after it changes the loss), so short batches and parts train faster in the same shape.
     masks = jnp.split(batch.mask, len(parts))
     outputs = []
     for x, c, m in zip(parts, carries, masks):
