@@ -102,3 +102,23 @@ def test_random_memory_changes_the_run(results):
 
 if __name__ == "__main__":
   _child(sys.argv[1])
+
+
+def test_flat_psum_equals_psum_of_each_array():
+  """`_psum_flat` (one all-reduce per dtype) sums a mixed tree as per-array psums do."""
+  import jax
+
+  from memjax.training import algorithmic
+
+  rng = np.random.default_rng(0)
+  tree = {"w": rng.normal(size=(3, 4, 2)).astype(np.float32),
+          "count": rng.integers(0, 9, size=(3,)).astype(np.int32),
+          "b": (rng.normal(size=(3,)).astype(np.float32),
+                rng.integers(0, 9, size=(3, 5)).astype(np.int32))}
+  # vmap with an axis name: psum sums over the mapped axis of size 3, no devices needed.
+  got = jax.vmap(lambda t: algorithmic._psum_flat(t, "i"), axis_name="i")(tree)
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    g = dict(jax.tree_util.tree_leaves_with_path(got))[path]
+    assert g.dtype == x.dtype and g.shape == x.shape, path
+    np.testing.assert_allclose(np.asarray(g), np.broadcast_to(x.sum(0), x.shape), rtol=1e-6,
+                               err_msg=str(path))

@@ -497,6 +497,23 @@ def length_order(mask: np.ndarray, devices: int, groups: int) -> np.ndarray:
   return np.concatenate([np.concatenate(x) for x in per_device])
 
 
+def _psum_flat(tree: Any, axis_name: str) -> Any:
+  """`jax.lax.psum` of a tree of arrays as one all-reduce of one flat vector per dtype.
+
+  XLA:CPU's all-reduce of a tuple of arrays meets the other devices once per
+  array; with one vector it meets them once.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  out = [None] * len(leaves)
+  for dtype in sorted({x.dtype for x in leaves}, key=str):
+    idx = [i for i, x in enumerate(leaves) if x.dtype == dtype]
+    flat = jax.lax.psum(jnp.concatenate([jnp.ravel(leaves[i]) for i in idx]), axis_name)
+    parts = jnp.split(flat, np.cumsum([leaves[i].size for i in idx])[:-1])
+    for i, part in zip(idx, parts):
+      out[i] = part.reshape(leaves[i].shape)
+  return jax.tree.unflatten(treedef, out)
+
+
 def use_cpu_devices(count: int) -> None:
   """Makes JAX show `count` CPU devices (one per core), before any array exists.
 
@@ -583,7 +600,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     params, opt_state = state
     (xent, (scored_bits, errors)), grads = jax.value_and_grad(
         summed_loss_fn, has_aux=True)(params, *batches)
-    grads, xent, scored_bits = jax.lax.psum((grads, xent, scored_bits), "data")
+    grads, xent, scored_bits = _psum_flat((grads, xent, scored_bits), "data")
     scored_bits = jnp.maximum(scored_bits, 1.0)
     grads = jax.tree.map(lambda g: g / scored_bits, grads)
     updates, opt_state = optimizer.update(grads, opt_state, params)
