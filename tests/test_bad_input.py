@@ -108,3 +108,17 @@ def test_numpy_inputs_are_accepted():
   # The checks convert array-likes instead of rejecting them.
   out = addressing.content_weights(np.ones((4, 3), np.float32), [1.0, 0.0, 0.0], 2.0)
   assert out.shape == (4,)
+
+
+def test_unknown_xla_option_falls_back_to_none(monkeypatch):
+  """An XLA option this jaxlib rejects is dropped (with a warning), not a failed compile."""
+  import jax
+
+  from memjax.training import algorithmic
+
+  if jax.default_backend() != "cpu":
+    pytest.skip("the options apply on the CPU only")
+  assert algorithmic.compiler_options() == algorithmic.CPU_COMPILER_OPTIONS
+  monkeypatch.setattr(algorithmic, "CPU_COMPILER_OPTIONS",
+                      {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"})
+  assert algorithmic.compiler_options() is None

@@ -76,7 +76,23 @@ def _process_start_time() -> float:
 
 
 def compiler_options() -> dict[str, str] | None:
-  return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+  """The XLA options of the trainer's jitted functions: `CPU_COMPILER_OPTIONS` on a CPU."""
+  if jax.default_backend() != "cpu":
+    return None
+  return _accepted(tuple(CPU_COMPILER_OPTIONS.items()))
+
+
+@functools.cache
+def _accepted(options: tuple) -> dict[str, str] | None:
+  # An XLA build that does not know an option (or one of its values) fails every
+  # compile with it; then compile without the options, with a warning.
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+  except Exception as e:  # XLA reports unknown options as various errors
+    logging.warning("XLA options %s not accepted (%s); compiling without them",
+                    dict(options), str(e).splitlines()[0])
+    return None
+  return dict(options)
 
 
 # ----------------------------------------------------------------------------- config
