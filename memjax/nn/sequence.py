@@ -49,7 +49,7 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
       `collect` is given or the cell lacks them). Same values and gradients
       up to float rounding; each step is recomputed in the backward pass as
       with `remat`, except the linear layers' products, whose outputs the
-      forward pass keeps (NTM training 1.14x faster, side by side).
+      forward pass keeps (NTM training 1.04-1.14x faster, side by side).
     steps: with `hoist`, an int32 scalar (may be traced): run only the first
       `steps` time steps, in both passes; the outputs after them are zeros
       and the final carry is the carry after `steps` steps. A training loss
