@@ -4,11 +4,12 @@
 moving average of bit errors per sequence (over the last `error_window`
 sequences) drops below `stop_at_bit_errors` (and `steps_after_convergence`
 more), then evaluates on longer sequences than it trained on, prints a table
-and writes plots. If training past the criterion leaves a final model that no
-longer meets it, the run also keeps the last parameters that did (moving
-average and the mean of the last `steps_per_call` steps below the criterion)
-and evaluates whichever of the two is better on held-out sequences of the
-longest trained length (`select_result`; `summary["params_step"]` says which).
+and writes plots. Past the criterion the run also keeps, of the parameters
+at its log steps that still met it (moving average and the mean of the last
+`steps_per_call` steps below the criterion), those with the fewest bit errors
+on held-out sequences of the longest trained length, and evaluates whichever
+of them and the final model is better there (`select_result`;
+`summary["params_step"]` says which).
 
 Exact resume. Batch `s` is drawn from `rng_for(seed, s)` (NumPy, on the
 host), the training state (parameters, optimizer state, step, the moving
@@ -682,11 +683,14 @@ def _initial_state(exp: Experiment) -> dict[str, Any]:
       "recent_errors": np.full((window,), np.nan, np.float32),
       "wall_time": np.asarray(0.0, np.float64),
       "converged_step": np.asarray(-1, np.int64),
-      # The last parameters whose moving average, and whose last chunk's mean, met the
-      # stopping criterion (the run's result if training past the criterion makes it
-      # worse), and their step; -1: none.
+      # Of the parameters at log steps past convergence whose moving average, and whose
+      # last chunk's mean, met the stopping criterion, those with the fewest bit errors
+      # on validation sequences (`validation_errors`; the latest on a tie): the run's
+      # result if training past the criterion makes it worse. Their step (-1: none) and
+      # validation errors (inf: none).
       "kept_params": exp.params,
       "kept_step": np.asarray(-1, np.int64),
+      "kept_validation": np.asarray(np.inf, np.float64),
       # Curriculum: the current max_length, and that of the batches already drawn for the
       # next chunk (decided one chunk earlier); both are the task's max_length when off.
       "level": np.asarray(_curriculum_start(exp), np.int64),
@@ -706,9 +710,11 @@ def _no_snapshot(params, opt_state, window: int) -> dict[str, Any]:
 
 KEPT_KEYS = ("kept_params", "kept_step")
 GUARD_KEYS = tuple(_no_snapshot(None, None, 1))
+VALIDATION_KEYS = ("kept_validation",)
 # Keys that older versions of the trainer did not write, newest first: a checkpoint is
 # restored with the first template it fits, and `_upgrade_state` fills in the rest.
-LEGACY_KEYS = (GUARD_KEYS, GUARD_KEYS + KEPT_KEYS)
+LEGACY_KEYS = (VALIDATION_KEYS, GUARD_KEYS + VALIDATION_KEYS,
+               GUARD_KEYS + KEPT_KEYS + VALIDATION_KEYS)
 
 
 def _upgrade_state(old: dict[str, Any]) -> dict[str, Any]:
@@ -718,6 +724,8 @@ def _upgrade_state(old: dict[str, Any]) -> dict[str, Any]:
     new.update(kept_params=old["params"], kept_step=np.asarray(-1, np.int64))
   if "guard_params" not in old:
     new.update(_no_snapshot(old["params"], old["opt_state"], len(old["recent_errors"])))
+  if "kept_validation" not in old:  # kept by the older rule (the last that met the criterion)
+    new.update(kept_validation=np.asarray(np.inf, np.float64))
   return new
 
 
@@ -803,12 +811,13 @@ def validation_errors(exp: Experiment, params) -> tuple[int | None, float]:
 
 
 def select_result(exp: Experiment, params, step: int, kept_params, kept_step: int):
-  """The run's result: its final parameters, or the last ones that met the criterion.
+  """The run's result: its final parameters, or the kept ones (`kept_step`).
 
-  When the final model no longer meets the stopping criterion but an earlier
-  one did (`kept_step`), the two are compared on `validation_errors`; the
-  earlier one is chosen only if it is strictly better there. Returns
-  (params, their step, a description of the comparison or None).
+  The kept parameters are the best on `validation_errors` of those that met
+  the stopping criterion at a log step past it. When they are not the final
+  ones, the two are compared on `validation_errors`; the kept ones are chosen
+  only if strictly better there. Returns (params, their step, a description
+  of the comparison or None).
   """
   if kept_step < 0 or kept_step == step:
     return params, step, None
@@ -816,9 +825,9 @@ def select_result(exp: Experiment, params, step: int, kept_params, kept_step: in
   _, kept = validation_errors(exp, kept_params)
   where = f"at length {length}" if length is not None else "on held-out sequences"
   chosen, chosen_step = (kept_params, kept_step) if kept < final else (params, step)
-  note = (f"the final model (step {step}) no longer meets the criterion; validation {where}: "
-          f"{final:.3f} bit errors per sequence there, {kept:.3f} for step {kept_step}, the "
-          f"last that met it: evaluating step {chosen_step}")
+  note = (f"validation {where}: {final:.3f} bit errors per sequence for the final model "
+          f"(step {step}), {kept:.3f} for step {kept_step}, the best there of those that met "
+          f"the criterion: evaluating step {chosen_step}")
   return chosen, chosen_step, note
 
 
@@ -895,6 +904,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                              maxlen=config.error_window)
   converged_step = int(state["converged_step"])
   kept_params, kept_step = _copy(exp.place(state["kept_params"])), int(state["kept_step"])
+  kept_validation = float(state["kept_validation"])
   level, fed_level = int(state["level"]), int(state["upcoming_level"])
   guard = config.get("spike_guard")
   guard_every = int(guard.every) if guard is not None else 0
@@ -920,6 +930,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "wall_time": np.asarray(wall(), np.float64),
             "converged_step": np.asarray(converged_step, np.int64),
             "kept_params": kept_params, "kept_step": np.asarray(kept_step, np.int64),
+            "kept_validation": np.asarray(kept_validation, np.float64),
             "level": np.asarray(level, np.int64), "upcoming_level": np.asarray(fed_level, np.int64),
             "guard_params": guard_params, "guard_opt_state": guard_opt_state,
             "guard_errors": _as_window(guard_errors, config.error_window),
@@ -987,10 +998,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         guard_params, guard_opt_state = _copy(params), _copy(opt_state)
         guard_errors, guard_average, guard_step = list(window), average, step
       elif (converged_step >= 0 and full and average < stop_at and level == top
-            and chunk_level == level and float(np.mean(errors)) < stop_at):
+            and chunk_level == level and float(np.mean(errors)) < stop_at
+            and (step % config.log_every == 0 or step >= end_step())):
         # Good over the whole window and over this chunk alone: the moving average lags by
-        # a window's worth of steps, so a model that has begun to collapse can still meet it.
-        kept_params, kept_step = _copy(params), step
+        # a window's worth of steps, so a model that has begun to collapse can still meet
+        # it; and one that meets both can already fail on the longest trained sequences,
+        # which the validation sequences are.
+        _, value = validation_errors(exp, params)
+        if value <= kept_validation:
+          kept_params, kept_step, kept_validation = _copy(params), step, value
       if step % config.log_every == 0 or upcoming is None or converged_step == step:
         extra = {"max_length": chunk_level} if curriculum else {}
         row = writer.write(step, sequences=step * b, wall_time=wall(),
