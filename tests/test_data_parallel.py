@@ -100,10 +100,6 @@ def test_random_memory_changes_the_run(results):
   assert not np.allclose(results["ntm_random_1_loss"], results["ntm_1_loss"], rtol=1e-3)
 
 
-if __name__ == "__main__":
-  _child(sys.argv[1])
-
-
 def test_flat_psum_equals_psum_of_each_array():
   """`_psum_flat` (one all-reduce per dtype) sums a mixed tree as per-array psums do."""
   import jax
@@ -117,8 +113,13 @@ def test_flat_psum_equals_psum_of_each_array():
                 rng.integers(0, 9, size=(3, 5)).astype(np.int32))}
   # vmap with an axis name: psum sums over the mapped axis of size 3, no devices needed.
   got = jax.vmap(lambda t: algorithmic._psum_flat(t, "i"), axis_name="i")(tree)
+  got = dict(jax.tree_util.tree_leaves_with_path(got))
   for path, x in jax.tree_util.tree_leaves_with_path(tree):
-    g = dict(jax.tree_util.tree_leaves_with_path(got))[path]
+    g = got[path]
     assert g.dtype == x.dtype and g.shape == x.shape, path
     np.testing.assert_allclose(np.asarray(g), np.broadcast_to(x.sum(0), x.shape), rtol=1e-6,
                                err_msg=str(path))
+
+
+if __name__ == "__main__":
+  _child(sys.argv[1])

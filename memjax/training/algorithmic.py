@@ -811,19 +811,21 @@ def validation_errors(exp: Experiment, params) -> tuple[int | None, float]:
   return longest, _mean_errors(exp, params, longest, VALIDATION_STREAM)
 
 
-def select_result(exp: Experiment, params, step: int, kept_params, kept_step: int):
+def select_result(exp: Experiment, params, step: int, kept_params, kept_step: int,
+                  kept_value: float | None = None):
   """The run's result: its final parameters, or the kept ones (`kept_step`).
 
   The kept parameters are the best on `validation_errors` of those that met
   the stopping criterion at a log step past it. When they are not the final
   ones, the two are compared on `validation_errors`; the kept ones are chosen
-  only if strictly better there. Returns (params, their step, a description
-  of the comparison or None).
+  only if strictly better there. `kept_value`: their `validation_errors`
+  if already known (the trainer keeps it), else they are evaluated here.
+  Returns (params, their step, a description of the comparison or None).
   """
   if kept_step < 0 or kept_step == step:
     return params, step, None
   length, final = validation_errors(exp, params)
-  _, kept = validation_errors(exp, kept_params)
+  kept = validation_errors(exp, kept_params)[1] if kept_value is None else kept_value
   where = f"at length {length}" if length is not None else "on held-out sequences"
   chosen, chosen_step = (kept_params, kept_step) if kept < final else (params, step)
   note = (f"validation {where}: {final:.3f} bit errors per sequence for the final model "
@@ -1041,7 +1043,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary["stopped"] = True
     return summary
   ckpt.close()
-  params, summary["params_step"], note = select_result(exp, params, step, kept_params, kept_step)
+  known = kept_validation if np.isfinite(kept_validation) else None  # inf: an older checkpoint's
+  params, summary["params_step"], note = select_result(exp, params, step, kept_params, kept_step,
+                                                       known)
   if note:
     print(note, flush=True)
   lengths = list(config.eval_lengths)
