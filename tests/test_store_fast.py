@@ -99,3 +99,29 @@ def test_lookup_many_small_queries_per_head_matches_argsort():
   np.testing.assert_array_equal(got.indices, want)
   np.testing.assert_allclose(got.scores, np.take_along_axis(scores, want, -1), rtol=1e-5,
                              atol=1e-5)
+
+
+def test_lookup_over_many_large_tables_walks_them_one_by_one_and_matches_argsort():
+  # 4 x 4 memories of 4,096 slots and 256 queries each: the batched chunk
+  # would be under _MIN_BATCHED_CHUNK, so the kernel maps over the 16 tables.
+  rng = np.random.default_rng(2)
+  b, h, n, q, k, dk = 4, 4, 4096, 256, 6, 8
+  assert store._stream_chunk(q, dk, None, batch=b * h) < store._MIN_BATCHED_CHUNK
+  assert n >= store._MIN_MAPPED_SLOTS
+  keys = rng.normal(size=(b, h, n, dk)).astype(np.float32)
+  queries = rng.normal(size=(b, h, q, dk)).astype(np.float32)
+  live = n - 1000  # the last 1,000 slots stay empty
+  memory = jax.tree.map(lambda x: jnp.broadcast_to(x, (b, h, *x.shape)),
+                        store.init(n, dk, 1))
+  fill = jax.jit(jax.vmap(jax.vmap(store.insert)))
+  memory = fill(memory, keys[:, :, :live], keys[:, :, :live, :1])
+  got = jax.jit(jax.vmap(jax.vmap(lambda m, x: store.lookup(m, x, k))))(memory, queries)
+  scores = np.einsum("bhqd,bhnd->bhqn", queries.astype(np.float64),
+                     keys[:, :, :live].astype(np.float64))
+  want = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+  np.testing.assert_array_equal(got.indices, want)
+  np.testing.assert_allclose(got.scores, np.take_along_axis(scores, want, -1), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_array_equal(got.values[..., 0],
+                                np.take_along_axis(keys[..., 0], want.reshape(b, h, -1),
+                                                   -1).reshape(want.shape))
