@@ -12,6 +12,7 @@ from memjax import linkage
 from memjax import retrieval
 from memjax import sharded
 from memjax import store
+from memjax import xla
 from memjax.store import KVMemory
 from memjax.store import LookupResult
 
@@ -28,4 +29,5 @@ __all__ = [
     "retrieval",
     "sharded",
     "store",
+    "xla",
 ]

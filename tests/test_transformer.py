@@ -190,6 +190,33 @@ def test_empty_memory_equals_local_only_block(x):
   assert not np.allclose(y_full, y_full_local, atol=1e-3)
 
 
+def _memory_copies(compile_options):
+  """Copies of a memory-shaped array in the compiled block step (state donated)."""
+  block = make_block(seed=6)
+  graphdef, params = nnx.split(block)
+  n = 1024  # large enough that the shape [B, H, n, E] is unambiguous
+  state = block.init_state(B, n)
+
+  def run(params, x, state):
+    return nnx.merge(graphdef, params)(x, state)
+
+  text = jax.jit(run, donate_argnums=2, compiler_options=compile_options).lower(
+      params, jnp.zeros((B, S, D), jnp.float32), state).compile().as_text()
+  return [line for line in text.splitlines()
+          if " copy(" in line and f"[{B},{H},{n},{E}]" in line]
+
+
+def test_in_place_memory_option_writes_the_memory_without_copying_it():
+  """With `xla.IN_PLACE_MEMORY` XLA:CPU reads and then writes the memory in place."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the option is XLA:CPU's")
+  from memjax import xla
+  options = xla.cpu_options(xla.IN_PLACE_MEMORY)
+  assert options == xla.IN_PLACE_MEMORY  # accepted by this XLA
+  assert _memory_copies(None), "XLA's default now avoids the copies: the option may go"
+  assert not _memory_copies(options)
+
+
 def test_memory_is_written_fifo_with_the_segment_keys_and_values(block, x):
   state = block.init_state(B, N)
   _, s1 = apply(block, x, state)

@@ -44,6 +44,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from memjax import xla
 from memjax.nn import dnc
 from memjax.nn import lstm
 from memjax.nn import ntm
@@ -78,23 +79,11 @@ def _process_start_time() -> float:
 
 
 def compiler_options() -> dict[str, str] | None:
-  """The XLA options of the trainer's jitted functions: `CPU_COMPILER_OPTIONS` on a CPU."""
-  if jax.default_backend() != "cpu":
-    return None
-  return _accepted(tuple(CPU_COMPILER_OPTIONS.items()))
+  """The XLA options of the trainer's jitted functions: `CPU_COMPILER_OPTIONS` on a CPU.
 
-
-@functools.cache
-def _accepted(options: tuple) -> dict[str, str] | None:
-  # An XLA build that does not know an option (or one of its values) fails every
-  # compile with it; then compile without the options, with a warning.
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
-  except Exception as e:  # XLA reports unknown options as various errors
-    logging.warning("XLA options %s not accepted (%s); compiling without them",
-                    dict(options), str(e).splitlines()[0])
-    return None
-  return dict(options)
+  None on other backends, or when this XLA rejects them (`memjax.xla.cpu_options`).
+  """
+  return xla.cpu_options(CPU_COMPILER_OPTIONS)
 
 
 # ----------------------------------------------------------------------------- config

@@ -33,6 +33,7 @@ from absl import logging
 from flax import nnx
 
 from memjax import ivf
+from memjax import xla
 from memjax.nn import transformer
 from memjax.tasks import retrieval
 from memjax.training import metrics
@@ -159,7 +160,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, window: int):
              "correct_far": jnp.sum(correct & far), "count_far": jnp.sum(far)}
     return loss, stats
 
-  @functools.partial(jax.jit, static_argnames="memory_size")
+  @functools.partial(jax.jit, static_argnames="memory_size",
+                     compiler_options=xla.cpu_options(xla.IN_PLACE_MEMORY))
   def step(params, opt_state, tokens, targets, mask, distances, memory_size):
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, tokens, targets, mask, distances, memory_size)
@@ -172,7 +174,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, window: int):
 
 @functools.lru_cache(maxsize=8)
 def _eval_segment_fn(graphdef, use_memory: bool):
-  @functools.partial(jax.jit, donate_argnums=(1,))
+  @functools.partial(jax.jit, donate_argnums=(1,),
+                     compiler_options=xla.cpu_options(xla.IN_PLACE_MEMORY))
   def run(params, state, tokens):
     model = nnx.merge(graphdef, params)
     logits, state = model.segment(tokens, state, use_memory=use_memory)
