@@ -474,8 +474,12 @@ _MIN_QUERY_GROUP = 256
 # Gathered key elements per rescoring step (bounds the pass-2 buffer).
 _RESCORE_ELEMENTS = 1 << 21
 # Per-stream chunk: scores computed by one matmul, and key elements it reads.
+# The keys of a step stay within about one core's L2 (1 MB of float32): with
+# 128-wide keys and 256 queries, 2,048 slots per stream instead of 4,096 made
+# the kernel 1.08x faster over one 1M-slot table and 1.15-1.5x over 8-32
+# tables of 64k (2 cores, side by side); smaller keys were not affected.
 _CHUNK_SCORES = 1 << 20
-_CHUNK_KEY_ELEMENTS = 1 << 20
+_CHUNK_KEY_ELEMENTS = 1 << 18
 _HIGHEST = jax.lax.Precision.HIGHEST
 # With one table per batch entry, the chunk above shrinks as the batch grows
 # (all B entries share a step's score budget), and a batched matmul of many
@@ -483,9 +487,11 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # this many slots per chunk the kernel instead walks the entries one by one
 # (`lax.map`), each with the chunk of a single table, provided each table
 # spans several such chunks (small tables keep the batched form, whose loop
-# is short anyway). Measured on 2 cores, 256 queries per table, 64k slots:
-# 32 tables of Dk = 128 1.75x, 16 tables 1.45x; 8 tables (chunk 512) and
-# 32 tables of 2k slots were 0.9x mapped, so they stay batched.
+# is short anyway). Measured on 2 cores, 256 queries per table, 64k slots of
+# Dk = 128 (before the L2 cap on key elements below): 32 tables 1.75x, 16
+# tables 1.45x; with a batched chunk of 512, 8 tables were 0.93x mapped, and
+# 32 tables of 2k slots 0.88x, so those stay batched. (With the cap, 8 such
+# tables get a batched chunk of 256 and are mapped: 1.15x, together.)
 _MIN_BATCHED_CHUNK = 512
 _MIN_MAPPED_SLOTS = 8 * _MIN_BATCHED_CHUNK
 
