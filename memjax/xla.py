@@ -24,8 +24,9 @@ from absl import logging
 # memory's write) in one program, twice: it cannot see that the read is done
 # before the write. With it the memory is written in place. For the memory
 # transformer block with a full 64k-token memory, side by side
-# (`benchmarks/memory_block.py`): 1,024 x 8 heads 2,349 -> 1,811 us per token,
-# 64 x 4 heads 266 -> 231 (results unchanged: it only changes buffer reuse).
+# (`benchmarks/memory_block.py --methods=copies`): 64 x 4 heads 250 -> 167 us
+# per token, 1,024 x 8 heads 2,793 -> 2,042 (results unchanged: it only
+# changes which buffers are reused).
 IN_PLACE_MEMORY = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
