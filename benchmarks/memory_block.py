@@ -93,9 +93,8 @@ def seconds_per_chained_call(fn, params, x, state, repeats: int, return_state: b
   return (seconds, state) if return_state else seconds
 
 
-# What `--methods` can leave out; `local` and `exact` (the goal's ratio) always run.
-# `copies`: the exact block compiled with XLA's default copy insertion instead
-# of `memjax.xla.IN_PLACE_MEMORY`, which copies the whole memory each call.
+# What `--methods` can leave out (see the module docstring); `local` and `exact`
+# (the goal's ratio) always run.
 METHODS = ("ivf", "lookup", "copies")
 
 
@@ -160,7 +159,8 @@ def bench(features: int, heads: int, *, batch: int, segment: int, window: int,
   t_lookup = (seconds_per_call(lookup_only, (mem_state.memory, x), repeats)
               if "lookup" in methods else nan)
   t_local = seconds_per_call(local, (params, x, local_state), repeats)
-  # The exact run donates (and so consumes) the memory: it goes last but ivf.
+  # The exact runs donate (and so consume) the memory, so they go last; the
+  # copies' run hands its final memory on to the in-place one.
   t_ivf = (seconds_per_chained_call(with_memory, params, x, ivf_state, repeats)
            if "ivf" in methods else nan)
   if "copies" in methods:  # the memory survives: the copies' run returns it

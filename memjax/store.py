@@ -488,7 +488,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # (`lax.map`), each with the chunk of a single table, provided each table
 # spans several such chunks (small tables keep the batched form, whose loop
 # is short anyway). Measured on 2 cores, 256 queries per table, 64k slots of
-# Dk = 128 (before the L2 cap on key elements below): 32 tables 1.75x, 16
+# Dk = 128 (before the L2 cap on key elements above): 32 tables 1.75x, 16
 # tables 1.45x; with a batched chunk of 512, 8 tables were 0.93x mapped, and
 # 32 tables of 2k slots 0.88x, so those stay batched. (With the cap, 8 such
 # tables get a batched chunk of 256 and are mapped: 1.15x, together.)

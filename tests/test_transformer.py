@@ -20,6 +20,7 @@ from flax import nnx
 from jax.test_util import check_grads
 
 from memjax import store
+from memjax import xla
 from memjax.nn import transformer
 
 B, S, D, H, W, M, N, K, C = 2, 4, 8, 2, 6, 2, 8, 3, 2
@@ -210,7 +211,6 @@ def test_in_place_memory_option_writes_the_memory_without_copying_it():
   """With `xla.IN_PLACE_MEMORY` XLA:CPU reads and then writes the memory in place."""
   if jax.default_backend() != "cpu":
     pytest.skip("the option is XLA:CPU's")
-  from memjax import xla
   options = xla.cpu_options(xla.IN_PLACE_MEMORY)
   assert options == xla.IN_PLACE_MEMORY  # accepted by this XLA
   assert _memory_copies(None), "XLA's default now avoids the copies: the option may go"
