@@ -36,6 +36,19 @@ most N items:
   ``"least_used"``); `lookup` itself changes nothing.
 * `attend` is the differentiable read for models: a softmax over the top-K
   scores, weighting the K values.
+
+Writing in place: donate the memory (`jax.jit(step, donate_argnums=...)`)
+and the tables are updated in place. On the CPU, a jitted function that
+both reads the memory (`lookup`, `attend`) and then writes it (`insert`,
+`update`, `delete`) needs one more thing: XLA:CPU's default copy insertion
+cannot see that the read ends before the write, and copies the tables it
+reads and writes (each twice, for a `lookup` then an `insert`) on every
+call. Compile such a step with
+`compiler_options=memjax.xla.cpu_options(memjax.xla.IN_PLACE_MEMORY)` (None
+off the CPU or where XLA rejects the option, which leaves XLA's defaults)::
+
+  options = memjax.xla.cpu_options(memjax.xla.IN_PLACE_MEMORY)
+  step = jax.jit(read_then_write, donate_argnums=0, compiler_options=options)
 """
 
 from __future__ import annotations

@@ -5,14 +5,17 @@ top_k); these tests compare it with the top_k over every slot on ring and
 non-ring memories, alone and under vmap with a mix of both. The lookup's
 query groups are checked against a NumPy argsort with more queries than one
 group, small keys (Dk = 16, a transformer head) and several memories under
-vmap.
+vmap. A donated lookup-then-insert step compiles without copies of the
+tables only with `memjax.xla.IN_PLACE_MEMORY`, as the store's docstring says.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from memjax import store
+from memjax import xla
 
 N, DK = 96, 16
 
@@ -125,3 +128,36 @@ def test_lookup_over_many_large_tables_walks_them_one_by_one_and_matches_argsort
   np.testing.assert_array_equal(got.values[..., 0],
                                 np.take_along_axis(keys[..., 0], want.reshape(b, h, -1),
                                                    -1).reshape(want.shape))
+
+
+def _table_copies(compile_options):
+  """Copies of an [N, DK] table in a donated lookup-then-insert step, and its results."""
+  memory = store.insert(store.init(N, DK, DK), jnp.eye(8, DK), jnp.eye(8, DK))
+
+  def step(memory, queries, keys, values):
+    found = store.lookup(memory, queries, 2)
+    return store.insert(memory, keys, values), found.ids
+
+  args = (jnp.eye(3, DK), 2.0 * jnp.eye(2, DK), 3.0 * jnp.eye(2, DK))
+  jitted = jax.jit(step, donate_argnums=0, compiler_options=compile_options)
+  text = jitted.lower(memory, *args).compile().as_text()
+  copies = [line for line in text.splitlines() if " copy(" in line and f"[{N},{DK}]" in line]
+  new, ids = jitted(memory, *args)
+  return copies, new, ids
+
+
+def test_in_place_memory_option_makes_a_lookup_then_insert_step_copy_nothing():
+  """The claim of the store's docstring: without the option XLA:CPU copies the tables."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the option is XLA:CPU's")
+  default, new_default, ids_default = _table_copies(None)
+  in_place, new, ids = _table_copies(xla.cpu_options(xla.IN_PLACE_MEMORY))
+  assert default, "XLA's default now writes in place: the docstring's advice may go"
+  assert not in_place
+  # Same results either way: queries e_0..e_2 find items 0..2 first; the two
+  # new items land in slots 8 and 9 with ids 8 and 9.
+  np.testing.assert_array_equal(ids[:, 0], [0, 1, 2])
+  np.testing.assert_array_equal(ids, ids_default)
+  np.testing.assert_array_equal(new.keys[8:10], 2.0 * np.eye(2, DK))
+  np.testing.assert_array_equal(new.ids[8:10], [8, 9])
+  np.testing.assert_array_equal(new.keys, new_default.keys)

@@ -26,6 +26,11 @@ carrying each block's cache and memory, and resets them at document
 boundaries. Everything is batch-parallel: put the batch on a mesh axis with
 `shard_batch` and `jax.jit` partitions the work.
 
+A block step reads the memory and then writes it: on the CPU, jit it with
+`compiler_options=memjax.xla.cpu_options(memjax.xla.IN_PLACE_MEMORY)` and
+the state donated, or XLA copies the whole memory on every call (see
+`memjax.store`; `memjax.training.memory_transformer` does this).
+
 Shape legend: B batch, T segments, S tokens per segment, L = T * S tokens,
 D features, H heads, E head size, W local window, M learned slots, N memory
 slots per head, K top-k, V vocabulary.
