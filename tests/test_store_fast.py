@@ -139,10 +139,11 @@ def _table_copies(compile_options):
     return store.insert(memory, keys, values), found.ids
 
   args = (jnp.eye(3, DK), 2.0 * jnp.eye(2, DK), 3.0 * jnp.eye(2, DK))
-  jitted = jax.jit(step, donate_argnums=0, compiler_options=compile_options)
-  text = jitted.lower(memory, *args).compile().as_text()
-  copies = [line for line in text.splitlines() if " copy(" in line and f"[{N},{DK}]" in line]
-  new, ids = jitted(memory, *args)
+  compiled = jax.jit(step, donate_argnums=0,
+                     compiler_options=compile_options).lower(memory, *args).compile()
+  copies = [line for line in compiled.as_text().splitlines()
+            if " copy(" in line and f"[{N},{DK}]" in line]
+  new, ids = compiled(memory, *args)  # the program inspected above, not a second compile
   return copies, new, ids
 
 
