@@ -494,19 +494,20 @@ _RESCORE_ELEMENTS = 1 << 21
 _CHUNK_SCORES = 1 << 20
 _CHUNK_KEY_ELEMENTS = 1 << 18
 _HIGHEST = jax.lax.Precision.HIGHEST
-# With one table per batch entry, the chunk above shrinks as the batch grows
-# (all B entries share a step's score budget), and a batched matmul of many
-# narrow chunks runs at well under half the speed of one wide matmul. Below
-# this many slots per chunk the kernel instead walks the entries one by one
-# (`lax.map`), each with the chunk of a single table, provided each table
-# spans several such chunks (small tables keep the batched form, whose loop
-# is short anyway). Measured on 2 cores, 256 queries per table, 64k slots of
-# Dk = 128 (before the L2 cap on key elements above): 32 tables 1.75x, 16
-# tables 1.45x; with a batched chunk of 512, 8 tables were 0.93x mapped, and
-# 32 tables of 2k slots 0.88x, so those stay batched. (With the cap, 8 such
-# tables get a batched chunk of 256 and are mapped: 1.15x, together.)
-_MIN_BATCHED_CHUNK = 512
-_MIN_MAPPED_SLOTS = 8 * _MIN_BATCHED_CHUNK
+# With one table per batch entry (one per sequence and head, say), the kernel
+# walks the entries one by one (`lax.map`), each with the chunk of a single
+# table, provided each table spans _MIN_MAPPED_SLOTS slots or more; smaller
+# tables keep the batched form (`bqd,bcd->bqc`), whose loop is short anyway. A
+# batched matmul of B chunks is slower than B single-table ones: on the
+# 2-core Zen 3 VM (2026-12-07, 256 queries per table, side by side, results
+# identical, best of 6-8 calls) mapping was 1.38x faster for 2 tables of 64k x
+# 16, 1.31x for 4 x 64k x 16, 1.23x for 4 x 64k x 64, 1.31x for 8 x 64k x 16,
+# 1.43x for 2 x 1M x 16, 1.25x for 4 x 8k x 16 and 1.12x for 8 x 4k x 16.
+# (Earlier, on a Zen 4 VM, only tables whose batched chunk fell under 512
+# slots were mapped: 32 tables of 64k x 128 1.75x, 16 tables 1.45x; 8 such
+# tables with a batched chunk of 512 were 0.93x mapped, and 32 tables of 2k
+# slots 0.88x.)
+_MIN_MAPPED_SLOTS = 4096
 
 
 def _query_group_size(key_dim: int, itemsize: int) -> int:
@@ -633,8 +634,7 @@ def _exact_top_k(keys, valid, queries, k, metric, chunk_size, group):
   """keys [N, Dk] or [B, N, Dk], queries [B, Q, Dk] -> ([B, Q, k], [B, Q, k])."""
   b, q, d = queries.shape
   chunk = _stream_chunk(min(q, group), d, chunk_size, batch=b)
-  if (keys.ndim == 3 and b > 1 and chunk_size is None and chunk < _MIN_BATCHED_CHUNK
-      and keys.shape[1] >= _MIN_MAPPED_SLOTS):
+  if keys.ndim == 3 and b > 1 and chunk_size is None and keys.shape[1] >= _MIN_MAPPED_SLOTS:
     def one_table(args):
       scores, slots = _exact_top_k(args[0], args[1], args[2][None], k, metric, None, group)
       return scores[0], slots[0]

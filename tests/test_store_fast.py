@@ -105,11 +105,10 @@ def test_lookup_many_small_queries_per_head_matches_argsort():
 
 
 def test_lookup_over_many_large_tables_walks_them_one_by_one_and_matches_argsort():
-  # 4 x 4 memories of 4,096 slots and 256 queries each: the batched chunk
-  # would be under _MIN_BATCHED_CHUNK, so the kernel maps over the 16 tables.
+  # 4 x 4 memories of 4,096 slots and 256 queries each: each table holds
+  # _MIN_MAPPED_SLOTS slots or more, so the kernel maps over the 16 tables.
   rng = np.random.default_rng(2)
   b, h, n, q, k, dk = 4, 4, 4096, 256, 6, 8
-  assert store._stream_chunk(q, dk, None, batch=b * h) < store._MIN_BATCHED_CHUNK
   assert n >= store._MIN_MAPPED_SLOTS
   keys = rng.normal(size=(b, h, n, dk)).astype(np.float32)
   queries = rng.normal(size=(b, h, q, dk)).astype(np.float32)
