@@ -633,12 +633,12 @@ def _top_k_group(keys, valid, queries, k, metric, chunk):
 def _exact_top_k(keys, valid, queries, k, metric, chunk_size, group):
   """keys [N, Dk] or [B, N, Dk], queries [B, Q, Dk] -> ([B, Q, k], [B, Q, k])."""
   b, q, d = queries.shape
-  chunk = _stream_chunk(min(q, group), d, chunk_size, batch=b)
   if keys.ndim == 3 and b > 1 and chunk_size is None and keys.shape[1] >= _MIN_MAPPED_SLOTS:
     def one_table(args):
       scores, slots = _exact_top_k(args[0], args[1], args[2][None], k, metric, None, group)
       return scores[0], slots[0]
     return jax.lax.map(one_table, (keys, valid, queries))
+  chunk = _stream_chunk(min(q, group), d, chunk_size, batch=b)
   if q <= group:
     return _top_k_group(keys, valid, queries, k, metric, chunk)
   groups = -(-q // group)
