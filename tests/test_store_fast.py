@@ -16,6 +16,7 @@ import pytest
 
 from memjax import store
 from memjax import xla
+from tests import hlo
 
 N, DK = 96, 16
 
@@ -140,8 +141,7 @@ def _table_copies(compile_options):
   args = (jnp.eye(3, DK), 2.0 * jnp.eye(2, DK), 3.0 * jnp.eye(2, DK))
   compiled = jax.jit(step, donate_argnums=0,
                      compiler_options=compile_options).lower(memory, *args).compile()
-  copies = [line for line in compiled.as_text().splitlines()
-            if " copy(" in line and f"[{N},{DK}]" in line]
+  copies = hlo.copies_of(compiled, (N, DK))
   new, ids = compiled(memory, *args)  # the program inspected above, not a second compile
   return copies, new, ids
 

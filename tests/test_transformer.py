@@ -22,6 +22,7 @@ from jax.test_util import check_grads
 from memjax import store
 from memjax import xla
 from memjax.nn import transformer
+from tests import hlo
 
 B, S, D, H, W, M, N, K, C = 2, 4, 8, 2, 6, 2, 8, 3, 2
 E = D // H
@@ -201,10 +202,9 @@ def _memory_copies(compile_options):
   def run(params, x, state):
     return nnx.merge(graphdef, params)(x, state)
 
-  text = jax.jit(run, donate_argnums=2, compiler_options=compile_options).lower(
-      params, jnp.zeros((B, S, D), jnp.float32), state).compile().as_text()
-  return [line for line in text.splitlines()
-          if " copy(" in line and f"[{B},{H},{n},{E}]" in line]
+  compiled = jax.jit(run, donate_argnums=2, compiler_options=compile_options).lower(
+      params, jnp.zeros((B, S, D), jnp.float32), state).compile()
+  return hlo.copies_of(compiled, (B, H, n, E))
 
 
 def test_in_place_memory_option_writes_the_memory_without_copying_it():
