@@ -189,6 +189,37 @@ def insert(index: IVFMemory, keys: jax.typing.ArrayLike,
 # Gathered candidate key elements per step of `search` (a few MB: XLA:CPU
 # writes a large fresh buffer far slower than it reuses a small one).
 _SEARCH_ELEMENTS = 1 << 19
+# Cell scores per step of the list ranking in `search`.
+_CELL_SCORES = 1 << 20
+# `_top_k` ranks in blocks of _RANK_BLOCK when the axis holds at least
+# _RANK_BLOCK x 4 x k entries (and is a multiple of the block).
+_RANK_BLOCK = 16
+
+
+def _top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """What `jax.lax.top_k(scores, k)` returns (ties: the lower index), faster on XLA:CPU.
+
+  The k best entries lie in the k blocks of highest maximum (ties: the lower
+  block): each block ranked above an entry's block holds an entry ranked
+  above it. So a top-k over the n / G block maxima and one over the k G
+  entries of the chosen blocks (in ascending order, which keeps the ties)
+  replace the top-k over all n, which XLA:CPU runs slowly. For 4 x 256
+  queries (2-core Zen 3, side by side): 1,024 cell scores, k = 4, 2.43 ->
+  1.23 ms; 2,048 candidates, k = 8, 8.35 -> 3.17 ms; 512, k = 8, 2.94 -> 2.40.
+
+  Returns:
+    (values [..., k], indices [..., k] int32), best first.
+  """
+  n = scores.shape[-1]
+  if n % _RANK_BLOCK or n < 4 * k * _RANK_BLOCK:
+    top, where = jax.lax.top_k(scores, k)
+    return top, where.astype(jnp.int32)
+  blocked = scores.reshape(*scores.shape[:-1], n // _RANK_BLOCK, _RANK_BLOCK)
+  blocks = jnp.sort(jax.lax.top_k(blocked.max(axis=-1), k)[1], axis=-1)
+  candidates = jnp.take_along_axis(blocked, blocks[..., None], axis=-2)
+  top, where = jax.lax.top_k(candidates.reshape(*scores.shape[:-1], -1), k)
+  first = jnp.take_along_axis(blocks, where // _RANK_BLOCK, axis=-1) * _RANK_BLOCK
+  return top, (first + where % _RANK_BLOCK).astype(jnp.int32)
 
 
 def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,
@@ -235,15 +266,14 @@ def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,
   base = (jnp.arange(g, dtype=jnp.int32) * c)[:, None, None]
   oldest = (index.clock.reshape(g) - index.capacity)[:, None, None, None]
 
-  def one(chunk):  # [G, q', Dk] -> results [G, q', K]
-    cell_scores = jnp.einsum("gqd,gcd->gqc", chunk, centroids,
-                             precision=jax.lax.Precision.HIGHEST)
-    rows = base + jax.lax.top_k(cell_scores, probes)[1]  # [G, q', P]
-    scores = jnp.sum(keys[rows] * chunk[:, :, None, None, :], axis=-1)  # [G, q', P, L]
+  def one(args):  # queries [G, q', Dk], their lists [G, q', P] -> results [G, q', K]
+    chunk, rows = args
+    scores = jnp.einsum("gqpld,gqd->gqpl", keys[rows], chunk,
+                        precision=jax.lax.Precision.HIGHEST)  # [G, q', P, L]
     born = times[rows]
     live = (born >= 0) & (born >= oldest)
     scores = jnp.where(live, scores, -jnp.inf).reshape(*chunk.shape[:2], -1)
-    top, where = jax.lax.top_k(scores, k)
+    top, where = _top_k(scores, k)
     found = jnp.isfinite(top)
     row = jnp.take_along_axis(rows, where // size, axis=-1)
     pos = where % size
@@ -251,11 +281,24 @@ def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,
             jnp.where(found[..., None], keys[row, pos], 0.0),
             jnp.where(found[..., None], values[row, pos], jnp.zeros((), values.dtype)), found)
 
+  def probed(chunk):  # [G, q', Dk] -> rows of the nearest lists [G, q', P]
+    cell_scores = jnp.einsum("gqd,gcd->gqc", chunk, centroids,
+                             precision=jax.lax.Precision.HIGHEST)
+    return base + _top_k(cell_scores, probes)[1]
+
+  # Queries per search step (bounded by the gathered candidates) and search
+  # steps per step of the list ranking (bounded by the cell scores: ranking
+  # many queries at once costs far less per query than ranking a few).
   step = max(1, min(q, _SEARCH_ELEMENTS // (g * probes * size * d)))
   steps = -(-q // step)
+  limit = max(1, _CELL_SCORES // (g * c * step))
+  group = max(i for i in range(1, min(steps, limit) + 1) if steps % i == 0)
   padded = jnp.pad(queries, ((0, 0), (0, steps * step - q), (0, 0)))
+  rows = jax.lax.map(probed, jnp.moveaxis(padded.reshape(g, steps // group, group * step, d),
+                                          1, 0))  # [steps / group, G, group step, P]
+  rows = jnp.moveaxis(rows, 0, 1).reshape(g, steps, step, probes)
   chunks = jnp.moveaxis(padded.reshape(g, steps, step, d), 1, 0)
-  out = jax.lax.map(one, chunks)
+  out = jax.lax.map(one, (chunks, jnp.moveaxis(rows, 1, 0)))
 
   def unfold(x):  # [steps, G, step, K, ...] -> [G..., Q, K, ...]
     x = jnp.moveaxis(x, 0, 1).reshape(g, steps * step, *x.shape[3:])[:, :q]

@@ -103,3 +103,38 @@ def test_block_with_an_index_of_every_list_equals_the_exact_block():
   np.testing.assert_allclose(approx, exact, rtol=1e-5, atol=1e-5)
   # The FIFO window holds the last 48 of 64 items (32 after the reset in sequence 1).
   assert np.asarray(state[0].index.clock).tolist() == [[64, 64], [32, 32]]
+
+
+def test_blockwise_top_k_equals_lax_top_k_ties_included():
+  rng = np.random.default_rng(3)
+  # Few distinct values, so most ranks are ties (broken toward the lower index).
+  scores = rng.integers(0, 6, size=(3, 5, 1024)).astype(np.float32)
+  scores[0, 0] = -np.inf
+  scores[1, 2, 700] = 9.0  # a lone best entry late in the axis
+  for k in (1, 4, 16):
+    top, where = jax.jit(ivf._top_k, static_argnums=1)(jnp.asarray(scores), k)
+    want = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    np.testing.assert_array_equal(where, want)
+    np.testing.assert_array_equal(top, np.take_along_axis(scores, want, axis=-1))
+
+
+def test_search_over_many_lists_equals_brute_force_over_the_probed_lists():
+  rng = np.random.default_rng(4)
+  c, size, d, probes, k, n = 256, 128, 8, 4, 6, 2000
+  centroids = np.asarray(ivf.kmeans(_unit(rng.normal(size=(4 * c, d))), c, seed=0))
+  index = ivf.init(centroids, size, 2, n, probes=probes)
+  keys = rng.normal(size=(n, d)).astype(np.float32)
+  index = jax.jit(ivf.insert)(index, keys, keys[:, :2])
+  times = np.asarray(index.times)
+  assert (times >= 0).sum() == n  # no list overflowed: every item is in its cell's list
+  cell_of = np.empty(n, int)
+  cell_of[times[times >= 0]] = np.nonzero(times >= 0)[0]
+  queries = rng.normal(size=(9, d)).astype(np.float32)
+  got = jax.jit(lambda i, q: ivf.search(i, q, k))(index, queries)
+  for i, query in enumerate(queries.astype(np.float64)):
+    cells = np.argsort(-(centroids.astype(np.float64) @ query), kind="stable")[:probes]
+    items = np.nonzero(np.isin(cell_of, cells))[0]
+    scores = keys[items].astype(np.float64) @ query
+    want = items[np.argsort(-scores, kind="stable")[:k]]
+    np.testing.assert_array_equal(got.ids[i], want)
+    np.testing.assert_allclose(got.scores[i], np.sort(scores)[::-1][:k], rtol=1e-5)
