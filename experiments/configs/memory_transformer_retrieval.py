@@ -5,9 +5,10 @@ r"""Memory-augmented transformer on long-range retrieval (window 256, kNN memory
   python -m experiments.train \
       --config=experiments/configs/memory_transformer_retrieval.py:smoke --workdir=/tmp/mt_smoke
 
-Trains on sequences of at most 512 tokens, then measures retrieval accuracy
-at distances from 64 to 65,536 tokens with a 16k- and a 64k-token external
-memory, and without external memory (the same weights, local window only).
+Trains on sequences of 256, 512 and 2,048 tokens (three phases), then
+measures retrieval accuracy at distances from 64 to 65,536 tokens with a 16k-
+and a 64k-token external memory, and without external memory (the same
+weights, local window only).
 """
 
 import ml_collections
