@@ -122,3 +122,33 @@ def test_unknown_xla_option_falls_back_to_none(monkeypatch):
   monkeypatch.setattr(algorithmic, "CPU_COMPILER_OPTIONS",
                       {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_FUSION_TYPE"})
   assert algorithmic.compiler_options() is None
+
+
+def test_modules_name_bad_inputs_tokens_and_states():
+  from flax import nnx
+
+  from memjax.nn import DNCCell
+  from memjax.nn import MemoryTransformer
+  from memjax.nn import NTMCell
+  from memjax.nn import SAMCell
+  for cell in (NTMCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0)),
+               DNCCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0)),
+               SAMCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0))):
+    carry = cell.initialize_carry((2, 3))
+    with pytest.raises(ValueError, match=re.escape("in_features=3 on the last axis; got shape "
+                                                   "(2, 5)")):
+      cell(carry, jnp.ones((2, 5)))
+    with pytest.raises(ValueError, match=re.escape("inputs have batch shape (4,)")):
+      cell(carry, jnp.ones((4, 3)))
+  model = MemoryTransformer(11, 8, 2, 2, window=4, segment_length=4, top_k=2, rngs=nnx.Rngs(0))
+  state = model.init_state(1, 8)
+  tokens = jnp.zeros((1, 4), jnp.int32)
+  for bad, low, high in ((11, 0, 11), (-1, -1, 0)):
+    with pytest.raises(ValueError, match=re.escape(f"[0, vocab_size=11); got values from {low} "
+                                                   f"to {high}")):
+      model(tokens.at[0, 0].set(bad), state)
+  with pytest.raises(ValueError, match=re.escape("one BlockState per block (2, from init_state); "
+                                                 "got 1 states")):
+    model(tokens, state[:1])
+  with pytest.raises(ValueError, match="got 1 states"):
+    model.segment(tokens, state[:1])

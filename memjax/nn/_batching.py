@@ -29,3 +29,18 @@ def with_one_batch_axis(step: Callable[[Any, jax.Array], tuple[Any, jax.Array]],
   new, y = step(flat, inputs.reshape(-1, inputs.shape[-1]))
   return (jax.tree.map(lambda x: x.reshape(*batch, *x.shape[1:]), new),
           y.reshape(*batch, -1))
+
+
+def check_inputs(inputs: jax.Array, in_features: int, carry: Any) -> None:
+  """Raises a ValueError naming `inputs` unless it is [..., I] with the carry's batch shape."""
+  shape = tuple(inputs.shape)
+  if inputs.ndim < 1 or shape[-1] != in_features:
+    raise ValueError(f"inputs must have in_features={in_features} on the last axis; got shape "
+                     f"{shape}")
+  leaves = jax.tree.leaves(carry)
+  if inputs.ndim > 1 and leaves:
+    batch = shape[:-1]
+    if tuple(leaves[0].shape[:len(batch)]) != batch:
+      raise ValueError(f"inputs have batch shape {batch} but the carry has leaves of shape "
+                       f"{tuple(leaves[0].shape)} (batch axes in front; from "
+                       f"initialize_carry(({', '.join(map(str, batch))}, {in_features})))")

@@ -154,6 +154,7 @@ class DNCCell(nnx.RNNCellBase):
     Returns:
       (the new `DNCState`, [B, O] output logits).
     """
+    _batching.check_inputs(inputs, self.in_features, carry)
     if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
       return _batching.with_one_batch_axis(self, carry, inputs)
     b = inputs.shape[0]

@@ -234,6 +234,7 @@ class NTMCell(nnx.RNNCellBase):
     Returns:
       (the new `NTMState`, [B, O] output logits).
     """
+    _batching.check_inputs(inputs, self.in_features, carry)
     if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
       return _batching.with_one_batch_axis(self, carry, inputs)
     new, y, _ = self.step_with_deltas(carry, inputs, None)

@@ -264,6 +264,7 @@ class SAMCell(nnx.RNNCellBase):
 
   def __call__(self, carry: SAMState, inputs: jax.Array) -> tuple[SAMState, jax.Array]:
     """One step: (state, x [B, I]) -> (new state, y [B, O])."""
+    _batching.check_inputs(inputs, self.in_features, carry)
     if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
       return _batching.with_one_batch_axis(self, carry, inputs)
     b = inputs.shape[0]

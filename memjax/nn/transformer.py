@@ -517,10 +517,17 @@ class MemoryTransformer(nnx.Module):
                          probes=probes, exact_too=exact_too)
         for i, block in enumerate(self.blocks))
 
+  def _check_state(self, state) -> None:
+    if not isinstance(state, (tuple, list)) or len(state) != len(self.blocks):
+      got = f"{len(state)} states" if isinstance(state, (tuple, list)) else type(state).__name__
+      raise ValueError(f"state must hold one BlockState per block ({len(self.blocks)}, from "
+                       f"init_state); got {got}")
+
   def segment(self, tokens: jax.Array, state: tuple[BlockState, ...], *,
               reset: jax.Array | None = None,
               use_memory: bool = True) -> tuple[jax.Array, tuple[BlockState, ...]]:
     """One segment: tokens [B, S] -> (logits [B, S, V], new state)."""
+    self._check_state(state)
     x = self.embed(tokens)
     new_state = []
     for block, block_state in zip(self.blocks, state):
@@ -547,6 +554,12 @@ class MemoryTransformer(nnx.Module):
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be an integer array [B, L]; got {tokens.dtype} "
                        f"{tuple(tokens.shape)}")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:  # values known: check them
+      low, high = int(tokens.min()), int(tokens.max())
+      if low < 0 or high >= self.vocab_size:
+        raise ValueError(f"tokens must lie in [0, vocab_size={self.vocab_size}); got values "
+                         f"from {low} to {high}")
+    self._check_state(state)
     b, length = tokens.shape
     s = self.segment_length
     if length % s:
