@@ -47,6 +47,7 @@ import numpy as np
 from flax import struct
 
 from memjax import _checks
+from memjax import store
 
 
 @struct.dataclass
@@ -197,29 +198,17 @@ _RANK_BLOCK = 16
 
 
 def _top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-  """What `jax.lax.top_k(scores, k)` returns (ties: the lower index), faster on XLA:CPU.
+  """What `jax.lax.top_k(scores, k)` returns, by blocks (`store.top_k_by_groups`) when long.
 
-  The k best entries lie in the k blocks of highest maximum (ties: the lower
-  block): each block ranked above an entry's block holds an entry ranked
-  above it. So a top-k over the n / G block maxima and one over the k G
-  entries of the chosen blocks (in ascending order, which keeps the ties)
-  replace the top-k over all n, which XLA:CPU runs slowly. For 4 x 256
-  queries (2-core Zen 3, side by side): 1,024 cell scores, k = 4, 2.43 ->
-  1.23 ms; 2,048 candidates, k = 8, 8.35 -> 3.17 ms; 512, k = 8, 2.94 -> 2.40.
-
-  Returns:
-    (values [..., k], indices [..., k] int32), best first.
+  For 4 x 256 queries (2-core Zen 3, side by side): 1,024 cell scores,
+  k = 4, 2.43 -> 1.23 ms; 2,048 candidates, k = 8, 8.35 -> 3.17 ms; 512,
+  k = 8, 2.94 -> 2.40.
   """
   n = scores.shape[-1]
   if n % _RANK_BLOCK or n < 4 * k * _RANK_BLOCK:
     top, where = jax.lax.top_k(scores, k)
     return top, where.astype(jnp.int32)
-  blocked = scores.reshape(*scores.shape[:-1], n // _RANK_BLOCK, _RANK_BLOCK)
-  blocks = jnp.sort(jax.lax.top_k(blocked.max(axis=-1), k)[1], axis=-1)
-  candidates = jnp.take_along_axis(blocked, blocks[..., None], axis=-2)
-  top, where = jax.lax.top_k(candidates.reshape(*scores.shape[:-1], -1), k)
-  first = jnp.take_along_axis(blocks, where // _RANK_BLOCK, axis=-1) * _RANK_BLOCK
-  return top, (first + where % _RANK_BLOCK).astype(jnp.int32)
+  return store.top_k_by_groups(scores, k, _RANK_BLOCK)
 
 
 def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,

@@ -574,18 +574,35 @@ def _block_maxima(keys: jax.Array, valid: jax.Array, queries: jax.Array, metric:
   return table
 
 
+def top_k_by_groups(x: jax.Array, k: int, group: int) -> tuple[jax.Array, jax.Array]:
+  """What `jax.lax.top_k(x, k)` returns (ties: the lower index), via maxima of groups.
+
+  The k best entries lie in the k groups of `group` consecutive entries with
+  the highest maximum (ties: the lower group): each group ranked above an
+  entry's group holds an entry ranked above it. So a top-k over the n /
+  group maxima and one over the k x group entries of the chosen groups (in
+  ascending order, which keeps the ties) replace the top-k over all n, which
+  XLA:CPU runs slowly for small k. The last axis must be a multiple of
+  `group` and hold at least k groups.
+
+  Returns:
+    (values [..., k], indices [..., k] int32), best first.
+  """
+  lead = x.shape[:-1]
+  grouped = x.reshape(*lead, -1, group)
+  groups = jnp.sort(jax.lax.top_k(grouped.max(axis=-1), k)[1], axis=-1)
+  candidates = jnp.take_along_axis(grouped, groups[..., None], axis=-2)
+  top, where = jax.lax.top_k(candidates.reshape(*lead, -1), k)
+  first = jnp.take_along_axis(groups, where // group, axis=-1) * group
+  return top, (first + where % group).astype(jnp.int32)
+
+
 def _best_blocks(maxima: jax.Array, count: int) -> jax.Array:
   """The `count` blocks of highest maximum (ties: lower block), [..., count] ascending."""
-  lead, padded_blocks = maxima.shape[:-1], maxima.shape[-1]
-  if padded_blocks <= 4 * count * _SUPER:
+  if maxima.shape[-1] <= 4 * count * _SUPER:
     blocks = jax.lax.top_k(maxima, count)[1]
   else:
-    grouped = maxima.reshape(*lead, -1, _SUPER)
-    supers = jnp.sort(jax.lax.top_k(grouped.max(axis=-1), count)[1], axis=-1)
-    candidates = jnp.take_along_axis(grouped, supers[..., None], axis=-2)
-    where = jax.lax.top_k(candidates.reshape(*lead, -1), count)[1]
-    blocks = (jnp.take_along_axis(supers, where // _SUPER, axis=-1) * _SUPER
-              + where % _SUPER)
+    blocks = top_k_by_groups(maxima, count, _SUPER)[1]
   return jnp.sort(blocks, axis=-1).astype(jnp.int32)
 
 
