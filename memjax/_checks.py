@@ -24,6 +24,44 @@ def as_array(x: jax.typing.ArrayLike, name: str) -> jax.Array:
     raise TypeError(f"{name} must be an array; got {type(x).__name__}") from e
 
 
+def integer(value, name: str, low: int | None = 1, high: int | None = None,
+            what: str = "") -> int:
+  """Returns `value` as a Python int, or raises a ValueError naming `name`.
+
+  Python and NumPy integers are accepted (`np.int64(2)` is an integer; a shape
+  element or a loop counter from NumPy often is one); booleans, floats and
+  arrays are not. `low` and `high` bound it inclusively (None: unbounded);
+  `what` is appended to the message, e.g. "the slot count N".
+  """
+  ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+  if ok:
+    value = int(value)
+    ok = (low is None or value >= low) and (high is None or value <= high)
+  if not ok:
+    if high is None:
+      want = "an integer" if low is None else f"an integer >= {low}"
+    else:
+      want = f"an integer in [{low}, {high}]" if low is not None else f"an integer <= {high}"
+    suffix = f" ({what})" if what else ""
+    raise ValueError(f"{name} must be {want}{suffix}; got {value!r}")
+  return value
+
+
+def check_index_range(x: jax.Array, name: str, high: int, what: str, low: int = 0) -> None:
+  """Raises a ValueError unless every value of `x` lies in [low, high).
+
+  Only values that are known (not a tracer under `jax.jit`, `vmap` or `grad`)
+  can be checked; traced values pass unchecked, and what the caller does with
+  an out-of-range index there (clamp, drop, NaN) is its documented behaviour.
+  `what` names `high`, e.g. "vocab_size".
+  """
+  if isinstance(x, jax.core.Tracer) or not x.size:
+    return
+  lo, hi = int(jnp.min(x)), int(jnp.max(x))
+  if lo < low or hi >= high:
+    raise ValueError(f"{name} must lie in [{low}, {what}={high}); got values from {lo} to {hi}")
+
+
 def check_floating(x: jax.Array, name: str) -> None:
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"{name} must have a floating dtype (float32, bfloat16, ...); "

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from memjax import _checks
 from memjax import retrieval
 
 
@@ -69,10 +70,8 @@ class ConversationMemory:
                encoder: retrieval.Encoder | None = None, capacity: int = 2048,
                policy: str = "fifo", threshold: float | None = 0.1,
                payload: Callable[[Sequence[str]], np.ndarray] | None = None):
-    if not isinstance(context_turns, int) or context_turns < 0:
-      raise ValueError(f"context_turns must be an integer >= 0; got {context_turns!r}")
-    if not isinstance(k, int) or k < 1:
-      raise ValueError(f"k must be an integer >= 1; got {k!r}")
+    context_turns = _checks.integer(context_turns, "context_turns", 0)
+    k = _checks.integer(k, "k")
     if encoder is None:
       encoder = retrieval.HashedBagOfWords(4096, stopwords=retrieval.ENGLISH_STOPWORDS)
     self.context_turns = context_turns

@@ -115,12 +115,11 @@ def init(centroids: jax.typing.ArrayLike, list_size: int, value_dim: int, capaci
     An empty `IVFMemory`.
   """
   centroids = _checks.floating(centroids, "centroids", (2,), "[C, Dk]").astype(jnp.float32)
-  for name, v in (("list_size", list_size), ("value_dim", value_dim), ("capacity", capacity)):
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-      raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+  list_size = _checks.integer(list_size, "list_size")
+  value_dim = _checks.integer(value_dim, "value_dim")
+  capacity = _checks.integer(capacity, "capacity")
   c, d = centroids.shape
-  if not isinstance(probes, int) or not 1 <= probes <= c:
-    raise ValueError(f"probes must be an integer in [1, C={c}]; got {probes!r}")
+  probes = _checks.integer(probes, "probes", 1, c, "C, the list count")
   return IVFMemory(
       centroids=centroids,
       keys=jnp.zeros((c, list_size, d), jnp.float32),
@@ -139,6 +138,9 @@ def clear(index: IVFMemory) -> IVFMemory:
 
 def assign(centroids: jax.Array, keys: jax.Array) -> jax.Array:
   """Nearest centroid by inner product of each key: [B] int32 (ties: lower index)."""
+  centroids = _checks.floating(centroids, "centroids", 2, "[C, Dk]")
+  keys = _checks.floating(keys, "keys", 2, "[B, Dk]")
+  _checks.check_dim(keys, 1, centroids.shape[1], "keys", "the key size Dk of centroids")
   scores = jnp.einsum("bd,cd->bc", keys.astype(jnp.float32), centroids,
                       precision=jax.lax.Precision.HIGHEST)
   # The first index of the maximum: what argmax returns, several times faster on XLA:CPU.
@@ -162,6 +164,9 @@ def insert(index: IVFMemory, keys: jax.typing.ArrayLike,
   keys = _checks.floating(keys, "keys", (2,), "[B, Dk]")
   values = _checks.as_array(values, "values")
   _checks.check_rank(values, 2, "values", "[B, Dv]")
+  _checks.check_dim(keys, 1, index.keys.shape[-1], "keys", "the key size Dk of the index")
+  _checks.check_dim(values, 1, index.values.shape[-1], "values", "the value size Dv of the index")
+  _checks.check_dim(values, 0, keys.shape[0], "values", "one value per key")
   b = keys.shape[0]
   c, size = index.num_lists, index.list_size
   cell = assign(index.centroids, keys)  # [B]
@@ -241,10 +246,8 @@ def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,
   if queries.shape[-1] != d:
     raise ValueError(f"queries must have the key size Dk={d} as last axis; got "
                      f"{queries.shape[-1]}")
-  if not isinstance(probes, int) or not 1 <= probes <= c:
-    raise ValueError(f"probes must be an integer in [1, C={c}]; got {probes!r}")
-  if not isinstance(k, int) or not 1 <= k <= probes * size:
-    raise ValueError(f"k must be an integer in [1, probes x L={probes * size}]; got {k!r}")
+  probes = _checks.integer(probes, "probes", 1, c, "C, the list count")
+  k = _checks.integer(k, "k", 1, probes * size, "probes x L, the entries searched")
   g = int(np.prod(lead, dtype=np.int64))
   q = queries.shape[-2]
   queries = queries.reshape(g, q, d).astype(jnp.float32)
@@ -263,7 +266,7 @@ def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,
     live = (born >= 0) & (born >= oldest)
     scores = jnp.where(live, scores, -jnp.inf).reshape(*chunk.shape[:2], -1)
     top, where = _top_k(scores, k)
-    found = jnp.isfinite(top)
+    found = top > -jnp.inf  # -inf: no live entry; +inf (an overflow) is still found
     row = jnp.take_along_axis(rows, where // size, axis=-1)
     pos = where % size
     return (top, jnp.where(found, times[row, pos], -1),
@@ -279,7 +282,7 @@ def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,
   # steps per step of the list ranking (bounded by the cell scores: ranking
   # many queries at once costs far less per query than ranking a few).
   step = max(1, min(q, _SEARCH_ELEMENTS // (g * probes * size * d)))
-  steps = -(-q // step)
+  steps = max(1, -(-q // step))  # Q = 0 runs one padded step and keeps none of it
   limit = max(1, _CELL_SCORES // (g * c * step))
   group = max(i for i in range(1, min(steps, limit) + 1) if steps % i == 0)
   padded = jnp.pad(queries, ((0, 0), (0, steps * step - q), (0, 0)))
@@ -339,9 +342,8 @@ def kmeans(points: jax.typing.ArrayLike, num_clusters: int, *, iterations: int =
     [C, Dk] float32 unit centroids.
   """
   points = _checks.floating(points, "points", (2,), "[P, Dk]").astype(jnp.float32)
-  if not isinstance(num_clusters, int) or not 1 <= num_clusters <= points.shape[0]:
-    raise ValueError(f"num_clusters must be an integer in [1, P={points.shape[0]}]; "
-                     f"got {num_clusters!r}")
+  num_clusters = _checks.integer(num_clusters, "num_clusters", 1, points.shape[0],
+                                 "P, the sample size")
   unit = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
   start = jax.random.choice(jax.random.key(seed), points.shape[0], (num_clusters,),
                             replace=False)

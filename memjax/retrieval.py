@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memjax import _checks
 from memjax import store
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -94,11 +95,10 @@ def chunk_text(text: str, max_tokens: int, overlap: int = 0) -> list[str]:
   Returns:
     The passages in order; [] for a text without words.
   """
-  if not isinstance(max_tokens, int) or max_tokens < 1:
-    raise ValueError(f"max_tokens must be an integer >= 1; got {max_tokens!r}")
-  if not isinstance(overlap, int) or not 0 <= overlap < max_tokens:
-    raise ValueError(f"overlap must be an integer in [0, max_tokens={max_tokens}); "
-                     f"got {overlap!r}")
+  if not isinstance(text, str):
+    raise TypeError(f"text must be a str; got {type(text).__name__}")
+  max_tokens = _checks.integer(max_tokens, "max_tokens")
+  overlap = _checks.integer(overlap, "overlap", 0, max_tokens - 1, "below max_tokens")
   words = tokenize(text)
   if not words:
     return []
@@ -121,7 +121,7 @@ def chunk_documents(documents: Iterable[str], max_tokens: int,
   """
   passages: list[str] = []
   source: list[int] = []
-  for i, doc in enumerate(documents):
+  for i, doc in enumerate(_check_texts(documents, "documents")):
     parts = chunk_text(doc, max_tokens, overlap)
     passages.extend(parts)
     source.extend([i] * len(parts))
@@ -177,10 +177,8 @@ class HashedBagOfWords:
   def __init__(self, dim: int = 1024, *, ngrams: int = 1, signed: bool = True,
                sublinear_tf: bool = False, normalize: bool = True, seed: int = 0,
                stopwords: Iterable[str] = ()):
-    if not isinstance(dim, int) or dim < 1:
-      raise ValueError(f"dim must be an integer >= 1; got {dim!r}")
-    if not isinstance(ngrams, int) or ngrams < 1:
-      raise ValueError(f"ngrams must be an integer >= 1; got {ngrams!r}")
+    dim = _checks.integer(dim, "dim")
+    ngrams = _checks.integer(ngrams, "ngrams")
     self.dim = dim
     self.ngrams = ngrams
     self.signed = signed
@@ -326,8 +324,7 @@ class FunctionEncoder:
   def __init__(self, fn: Callable[[Sequence[str]], jax.typing.ArrayLike], dim: int):
     if not callable(fn):
       raise TypeError(f"fn must be callable; got {type(fn).__name__}")
-    if not isinstance(dim, int) or dim < 1:
-      raise ValueError(f"dim must be an integer >= 1; got {dim!r}")
+    dim = _checks.integer(dim, "dim")
     self.fn = fn
     self.dim = dim
 
@@ -342,14 +339,22 @@ class FunctionEncoder:
     return out.astype(np.float32)
 
 
-def _check_texts(texts) -> list[str]:
+def _check_texts(texts, name: str = "texts") -> list[str]:
   if isinstance(texts, str):
-    raise TypeError("texts must be a sequence of str, not one str (wrap it in a list)")
+    raise TypeError(f"{name} must be a sequence of str, not one str (wrap it in a list)")
   texts = list(texts)
   for t in texts:
     if not isinstance(t, str):
-      raise TypeError(f"texts must all be str; got {type(t).__name__}")
+      raise TypeError(f"{name} must all be str; got {type(t).__name__}")
   return texts
+
+
+def _check_ids(ids) -> np.ndarray:
+  """[B] int64 from a sequence or array of integers (an empty one is fine)."""
+  ids = np.asarray(ids).reshape(-1)
+  if ids.size and not np.issubdtype(ids.dtype, np.integer):
+    raise TypeError(f"ids must be integers; got dtype {ids.dtype}")
+  return ids.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- payloads
@@ -519,9 +524,8 @@ class DocumentMemory:
       width = 1
     else:
       width = payload_width if payload_width is not None else getattr(payload, "width", None)
-      if not isinstance(width, int) or width < 1:
-        raise ValueError("payload_width must be given (an integer >= 1) when the payload "
-                         f"has no integer `width`; got {width!r}")
+      width = _checks.integer(width, "payload_width",
+                              what="needed when the payload has no integer `width`")
     self.encoder = encoder
     self._observe = getattr(encoder, "observe", None) if observe else None
     self.payload = payload
@@ -583,7 +587,7 @@ class DocumentMemory:
     if ids is None:
       ids = np.arange(self._next_id, self._next_id + len(texts), dtype=np.int64)
     else:
-      ids = np.asarray(ids, np.int64).reshape(-1)
+      ids = _check_ids(ids)
       if ids.shape[0] != len(texts):
         raise ValueError(f"ids must have one entry per text ({len(texts)}); got {ids.shape[0]}")
       if len(set(ids.tolist())) != len(ids) or (ids < 0).any():
@@ -633,7 +637,7 @@ class DocumentMemory:
       KeyError: if an id is not stored.
     """
     texts = _check_texts(texts)
-    ids = np.asarray(ids, np.int64).reshape(-1)
+    ids = _check_ids(ids)
     if ids.shape[0] != len(texts):
       raise ValueError(f"ids must have one entry per text ({len(texts)}); got {ids.shape[0]}")
     missing = [i for i in ids.tolist() if i not in self._texts]
@@ -651,7 +655,7 @@ class DocumentMemory:
 
   def delete(self, ids: Sequence[int] | np.ndarray) -> None:
     """Forgets passages by id; ids not stored are ignored."""
-    ids = np.asarray(ids, np.int64).reshape(-1)
+    ids = _check_ids(ids)
     if ids.size == 0:
       return
     self.memory = _delete(self.memory, ids.astype(np.int32))
@@ -677,9 +681,7 @@ class DocumentMemory:
       A `Retrieved` with K = min(k, N) results per query.
     """
     queries = _check_texts(queries)
-    if not isinstance(k, int) or k < 1:
-      raise ValueError(f"k must be an integer >= 1; got {k!r}")
-    k = min(k, self.num_slots)
+    k = min(_checks.integer(k, "k"), self.num_slots)
     q = len(queries)
     out_ids = np.full((q, k), -1, np.int32)
     out_scores = np.full((q, k), -np.inf, np.float32)

@@ -196,7 +196,7 @@ def _lookup(memory, queries, k, metric, chunk_size, mesh, axis):
     # 4. Merge the shards' candidates: shard order = slot order.
     all_top, all_slots = _gather_rows(top, axis), _gather_rows(slots, axis)
     scores, where = jax.lax.top_k(all_top, k)
-    slots = jnp.where(jnp.isfinite(scores), jnp.take_along_axis(all_slots, where, axis=1), -1)
+    slots = jnp.where(scores > -jnp.inf, jnp.take_along_axis(all_slots, where, axis=1), -1)
     # 5. Values and ids come from the owning shard.
     n_local = local.num_slots
     local_slot = slots - offset
@@ -236,15 +236,19 @@ def lookup(memory: KVMemory, queries: jax.typing.ArrayLike, k: int, *, mesh: Mes
   _check_memory(memory)
   queries = _checks.floating(replicate(queries, mesh), "queries", (1, 2), "[Q, Dk] or [Dk]")
   _checks.check_dim(queries, -1, memory.key_dim, "queries", "the key size Dk of memory")
-  store._check_k(k, memory.num_slots)
-  if metric not in store.METRICS:
-    raise ValueError(f"metric must be one of {store.METRICS}; got {metric!r}")
-  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-    raise ValueError(f"chunk_size must be an integer >= 1 or None; got {chunk_size!r}")
+  k = store._check_k(k, memory.num_slots)
+  store._check_metric(metric)
+  chunk_size = store._check_chunk_size(chunk_size)
   single = queries.ndim == 1
   if single:
     queries = queries[None]
-  result = _lookup(memory, queries, k, metric, chunk_size, mesh, axis)
+  if queries.shape[0] == 0:  # nothing to search for
+    none = jnp.zeros((0, k), jnp.int32)
+    result = LookupResult(scores=jnp.zeros((0, k), jnp.float32), indices=none, ids=none,
+                          values=jnp.zeros((0, k, memory.value_dim), memory.values.dtype),
+                          found=jnp.zeros((0, k), bool))
+  else:
+    result = _lookup(memory, queries, k, metric, chunk_size, mesh, axis)
   if single:
     result = jax.tree.map(lambda x: x[0], result)
   return result

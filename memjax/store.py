@@ -144,9 +144,9 @@ def init(num_slots: int, key_dim: int, value_dim: int, *, policy: str = "fifo",
   Returns:
     An empty `KVMemory`.
   """
-  for name, v in (("num_slots", num_slots), ("key_dim", key_dim), ("value_dim", value_dim)):
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-      raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+  num_slots = _checks.integer(num_slots, "num_slots")
+  key_dim = _checks.integer(key_dim, "key_dim")
+  value_dim = _checks.integer(value_dim, "value_dim")
   if policy not in POLICIES:
     raise ValueError(f"policy must be one of {POLICIES}; got {policy!r}")
   if not jnp.issubdtype(key_dtype, jnp.floating):
@@ -208,10 +208,12 @@ def _check_rows(x, name: str, width: int, what: str, batch: int | None = None,
 def eviction_order(memory: KVMemory, count: int) -> jax.Array:
   """The first `count` slots an insert would fill, in order: [count] int32.
 
-  Free slots first (by index), then occupied slots in the policy's order.
+  Free slots first (by index), then occupied slots in the policy's order;
+  0 <= count <= N.
   """
   _check_memory(memory)
   n = memory.num_slots
+  count = _checks.integer(count, "count", 0, n, "the slot count N")
   slot = jnp.arange(n, dtype=jnp.int32)
   if memory.policy == "fifo":
     return _fifo_order(memory.valid, memory.inserted_at, count)
@@ -447,11 +449,22 @@ def size(memory: KVMemory) -> jax.Array:
   return jnp.sum(memory.valid, dtype=jnp.int32)
 
 
-def _check_k(k, n: int) -> None:
-  if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-    raise ValueError(f"k must be an integer >= 1; got {k!r}")
+def _check_k(k, n: int) -> int:
+  k = _checks.integer(k, "k")
   if k > n:
     raise ValueError(f"k must be at most the slot count N={n}; got k={k}")
+  return k
+
+
+def _check_metric(metric: str) -> None:
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+
+
+def _check_chunk_size(chunk_size) -> int | None:
+  if chunk_size is None:
+    return None
+  return _checks.integer(chunk_size, "chunk_size", what="or None")
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -650,6 +663,8 @@ def _top_k_group(keys, valid, queries, k, metric, chunk):
 def _exact_top_k(keys, valid, queries, k, metric, chunk_size, group):
   """keys [N, Dk] or [B, N, Dk], queries [B, Q, Dk] -> ([B, Q, k], [B, Q, k])."""
   b, q, d = queries.shape
+  if not b * q:  # nothing to search for (the kernel below reshapes by B and Q)
+    return jnp.full((b, q, k), -jnp.inf, jnp.float32), jnp.full((b, q, k), -1, jnp.int32)
   if keys.ndim == 3 and b > 1 and chunk_size is None and keys.shape[1] >= _MIN_MAPPED_SLOTS:
     def one_table(args):
       scores, slots = _exact_top_k(args[0], args[1], args[2][None], k, metric, None, group)
@@ -743,7 +758,17 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
   Returns:
     (scores [Q, k] float32, slots [Q, k] int32); -inf and -1 past the valid items.
   """
-  keys, valid, queries = jnp.asarray(keys), jnp.asarray(valid), jnp.asarray(queries)
+  keys = _checks.floating(keys, "keys", 2, "[N, Dk]")
+  valid = _checks.as_array(valid, "valid")
+  _checks.check_rank(valid, 1, "valid", "[N]")
+  _checks.check_dim(valid, 0, keys.shape[0], "valid", "the slot count N of keys")
+  if valid.dtype != jnp.bool_:
+    raise TypeError(f"valid must be a bool mask; got dtype {valid.dtype}")
+  queries = _checks.floating(queries, "queries", 2, "[Q, Dk]")
+  _checks.check_dim(queries, 1, keys.shape[1], "queries", "the key size Dk of keys")
+  k = _check_k(k, keys.shape[0])
+  _check_metric(metric)
+  _check_chunk_size(chunk_size)
   d = queries.shape[1]
   if metric == "cosine":
     queries = _normalize(queries)
@@ -751,13 +776,15 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
   group = _query_group_size(d, jnp.dtype(keys.dtype).itemsize)
   scores, slots = _select(keys, valid, queries[None], k, metric, chunk_size, group)
   scores, slots = scores[0], slots[0]
-  found = jnp.isfinite(scores)
+  # Invalid slots score -inf; a valid score that overflowed to +inf is found.
+  found = scores > -jnp.inf
   # The same scores, now differentiable in the queries and the chosen keys.
   rows = keys[jnp.where(found, slots, 0)].astype(jnp.float32)
   if metric == "cosine":
     rows = _normalize(rows).astype(keys.dtype).astype(jnp.float32)
   live = jnp.einsum("qd,qkd->qk", queries.astype(jnp.float32), rows, precision=_HIGHEST)
-  scores = jnp.where(found, scores + (live - jax.lax.stop_gradient(live)), scores)
+  scores = jnp.where(jnp.isfinite(scores), scores + (live - jax.lax.stop_gradient(live)),
+                     scores)  # inf - inf would be NaN
   slots = jnp.where(found, slots + slot_offset, -1).astype(jnp.int32)
   return scores, slots
 
@@ -779,11 +806,9 @@ def lookup(memory: KVMemory, queries: jax.typing.ArrayLike, k: int, *,
   _check_memory(memory)
   queries = _checks.floating(queries, "queries", (1, 2), "[Q, Dk] or [Dk]")
   _checks.check_dim(queries, -1, memory.key_dim, "queries", "the key size Dk of memory")
-  _check_k(k, memory.num_slots)
-  if metric not in METRICS:
-    raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
-  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-    raise ValueError(f"chunk_size must be an integer >= 1 or None; got {chunk_size!r}")
+  k = _check_k(k, memory.num_slots)
+  _check_metric(metric)
+  chunk_size = _check_chunk_size(chunk_size)
   single = queries.ndim == 1
   if single:
     queries = queries[None]

@@ -382,7 +382,7 @@ def test_modules_run_under_jit_and_vmap_over_parameters():
 def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="tying must be one of"):
     memn2n.MemN2N(V, D, tying="rnn", rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="hops must be a positive integer"):
+  with pytest.raises(ValueError, match="hops must be an integer >= 1"):
     memn2n.MemN2N(V, D, hops=0, rngs=nnx.Rngs(0))
   model = memn2n.MemN2N(V, D, memory_size=M, rngs=nnx.Rngs(0))
   story, question, mask = random_batch(np.random.default_rng(0))

@@ -84,7 +84,7 @@ def test_bad_arguments():
     product_keys.ProductKeyMemory(4, 4, num_sub_keys=8, k=9, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="twice the sub-key size"):
     product_keys.product_key_top_k(jnp.ones(5), jnp.ones((2, 4, 3)), 2)
-  with pytest.raises(ValueError, match=r"k must be an integer in \[1, n=4\]"):
+  with pytest.raises(ValueError, match=r"k must be an integer in \[1, 4\] \(n, the sub-keys"):
     product_keys.product_key_top_k(jnp.ones(6), jnp.ones((2, 4, 3)), 5)
 
 

@@ -137,6 +137,20 @@ def test_single_query_and_lookup_result_is_replicated():
 
 
 @needs_8
+def test_empty_query_batch_and_an_overflowing_score_match_the_store():
+  plain = store.init(_DEVICES * 32, 2, 1)
+  keys = jnp.array([[3e38, 3e38], [1.0, 0.0], [0.0, 1.0]])  # row 0 . row 0 overflows to +inf
+  plain = store.insert(plain, keys, jnp.array([[7.0], [8.0], [9.0]]))
+  split = sharded.shard(plain, _MESH)
+  _assert_same(sharded.lookup(split, jnp.zeros((0, 2)), 3, mesh=_MESH),
+               store.lookup(plain, jnp.zeros((0, 2)), 3))
+  got = sharded.lookup(split, jnp.array([[3e38, 3e38]]), 4, mesh=_MESH)
+  _assert_same(got, store.lookup(plain, jnp.array([[3e38, 3e38]]), 4))
+  assert got.found.tolist() == [[True, True, True, False]]
+  assert got.scores[0, 0] == np.inf and got.ids[0, 0] == 0
+
+
+@needs_8
 def test_save_on_8_devices_restore_on_4(tmp_path):
   rng = np.random.default_rng(5)
   split = sharded.init(512, 4, 3, mesh=_MESH, policy="lru", value_dtype=jnp.int32)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax import _checks
 from memjax.nn import controllers
 
 
@@ -31,10 +32,8 @@ class LSTMCell(nnx.RNNCellBase):
 
   def __init__(self, in_features: int, out_features: int, *, hidden_size: int = 256,
                num_layers: int = 1, clip_value: float | None = 20.0, rngs: nnx.Rngs):
-    if not isinstance(hidden_size, int) or hidden_size < 1:
-      raise ValueError(f"hidden_size must be an integer >= 1; got {hidden_size!r}")
-    if not isinstance(num_layers, int) or num_layers < 1:
-      raise ValueError(f"num_layers must be an integer >= 1; got {num_layers!r}")
+    hidden_size = _checks.integer(hidden_size, "hidden_size")
+    num_layers = _checks.integer(num_layers, "num_layers")
     self.in_features = in_features
     self.out_features = out_features
     self.clip_value = clip_value

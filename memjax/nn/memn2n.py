@@ -47,9 +47,8 @@ def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
     raise ValueError(f"{name} must be one of {choices}; got {value!r}")
 
 
-def _check_positive(value: int, name: str) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be a positive integer; got {value!r}")
+def _check_positive(value: int, name: str) -> int:
+  return _checks.integer(value, name)
 
 
 def _word_ids(ids: jax.typing.ArrayLike, name: str) -> jax.Array:
@@ -103,7 +102,7 @@ def sentence_weights(ids: jax.typing.ArrayLike, embed_dim: int,
     [..., L, d] float32 weights.
   """
   ids = _word_ids(ids, "ids")
-  _check_positive(embed_dim, "embed_dim")
+  embed_dim = _check_positive(embed_dim, "embed_dim")
   _check_choice(encoding, "encoding", ENCODINGS)
   a, b = _word_factors(ids, encoding)
   k = jnp.arange(1, embed_dim + 1, dtype=jnp.float32) / embed_dim
@@ -129,7 +128,9 @@ def encode_sentences(table: jax.typing.ArrayLike, ids: jax.typing.ArrayLike,
 
   Args:
     table: [V, d] embedding matrix (A, B or C in the paper).
-    ids: [..., L] word ids, 0 for padding.
+    ids: [..., L] word ids in [0, V), 0 for padding. Ids outside raise a
+      ValueError when their values are known; under `jax.jit` they are not
+      checked (the dense path counts them as no word, the gather path clamps).
     encoding: "position" or "bow" (see `sentence_weights`).
     dense: count words with one-hot matrix products (True) or gather
       embedding rows (False); None picks by vocabulary size. The numbers are
@@ -142,6 +143,7 @@ def encode_sentences(table: jax.typing.ArrayLike, ids: jax.typing.ArrayLike,
   ids = _word_ids(ids, "ids")
   _check_choice(encoding, "encoding", ENCODINGS)
   vocab, dim = table.shape
+  _checks.check_index_range(ids, "ids", vocab, "the vocabulary size V of table")
   dtype = _checks.compute_dtype(table.dtype)
   a, b = _word_factors(ids, encoding)
   k = jnp.arange(1, dim + 1, dtype=dtype) / dim
@@ -282,7 +284,7 @@ def random_time(key: jax.Array, size: jax.typing.ArrayLike, memory_size: int,
   Returns:
     [M] int32 non-decreasing over the first n slots; arange(M) when rate = 0.
   """
-  _check_positive(memory_size, "memory_size")
+  memory_size = _check_positive(memory_size, "memory_size")
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"rate must be in [0, 1); got {rate}")
   plain = jnp.arange(memory_size, dtype=jnp.int32)
@@ -335,8 +337,8 @@ class SentenceEncoder(nnx.Module):
 
   def __init__(self, vocab_size: int, embed_dim: int, *, encoding: str = "position",
                memory_size: int = 0, init_std: float = 0.1, rngs: nnx.Rngs):
-    _check_positive(vocab_size, "vocab_size")
-    _check_positive(embed_dim, "embed_dim")
+    vocab_size = _check_positive(vocab_size, "vocab_size")
+    embed_dim = _check_positive(embed_dim, "embed_dim")
     _check_choice(encoding, "encoding", ENCODINGS)
     if memory_size < 0:
       raise ValueError(f"memory_size must be >= 0; got {memory_size}")
@@ -350,7 +352,9 @@ class SentenceEncoder(nnx.Module):
     """T_E(t): [...] int time indices -> [..., d].
 
     With `time` None, the encodings of slots 0..slots-1 in order ([slots, d]).
-    Zeros without a temporal encoding.
+    Zeros without a temporal encoding. Time indices outside [0, memory_size)
+    raise a ValueError when their values are known; under `jax.jit` they are
+    clamped.
     """
     if time is None:
       if slots is None:
@@ -367,6 +371,7 @@ class SentenceEncoder(nnx.Module):
         raise ValueError(f"{slots} memory slots but a temporal encoding of "
                          f"{table.shape[0]} rows")
       return table[:slots]
+    _checks.check_index_range(time, "time", table.shape[0], "memory_size")
     return jnp.take(table, time, axis=0, mode="clip")
 
   def __call__(self, ids: jax.typing.ArrayLike, time: jax.typing.ArrayLike | None = None, *,
@@ -449,8 +454,8 @@ class MemN2N(nnx.Module):
                memory_size: int = 50, tying: str = "adjacent", encoding: str = "position",
                temporal: bool = True, attend_empty: bool = True, init_std: float = 0.1,
                rngs: nnx.Rngs):
-    _check_positive(hops, "hops")
-    _check_positive(memory_size, "memory_size")
+    hops = _check_positive(hops, "hops")
+    memory_size = _check_positive(memory_size, "memory_size")
     _check_choice(tying, "tying", TYINGS)
     self.hops = hops
     self.tying = tying
@@ -585,8 +590,8 @@ class KeyValueReader(nnx.Module):
 
   def __init__(self, embed_dim: int, hops: int = 2, *, hop_init: str = "identity",
                learn_temperature: bool = False, rngs: nnx.Rngs | None = None):
-    _check_positive(embed_dim, "embed_dim")
-    _check_positive(hops, "hops")
+    embed_dim = _check_positive(embed_dim, "embed_dim")
+    hops = _check_positive(hops, "hops")
     _check_choice(hop_init, "hop_init", HOP_INITS)
     self.hops = hops
     self.embed_dim = embed_dim
@@ -675,7 +680,7 @@ class KeyValueMemoryNetwork(nnx.Module):
   def __init__(self, vocab_size: int, embed_dim: int = 20, *, hops: int = 3,
                memory_size: int = 50, encoding: str = "position", temporal: bool = True,
                attend_empty: bool = True, init_std: float = 0.1, rngs: nnx.Rngs):
-    _check_positive(memory_size, "memory_size")
+    memory_size = _check_positive(memory_size, "memory_size")
     self.attend_empty = attend_empty
     self.embed_dim = embed_dim
     self.memory_size = memory_size

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from memjax import _checks
 from memjax import access
 from memjax import addressing
 from memjax.nn import _batching
@@ -84,15 +85,13 @@ def validate_memory_options(memory_size: int, word_size: int, num_read_heads: in
                            ("num_read_heads", num_read_heads, 1),
                            ("num_write_heads", num_write_heads, 1),
                            ("controller_size", controller_size, 1)):
-    if not isinstance(value, int) or value < low:
-      raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+    _checks.integer(value, name, low)
   if memory_init not in MEMORY_INITS:
     raise ValueError(f"memory_init must be one of {MEMORY_INITS}; got {memory_init!r}")
   if controller not in controllers.CONTROLLERS:
     raise ValueError(f"controller must be one of {controllers.CONTROLLERS}; got {controller!r}")
   if shift_range is not None:
-    if not isinstance(shift_range, int) or shift_range < 0:
-      raise ValueError(f"shift_range must be an integer >= 0; got {shift_range!r}")
+    shift_range = _checks.integer(shift_range, "shift_range", 0)
     if 2 * shift_range + 1 > memory_size:
       raise ValueError(f"shift_range {shift_range} allows {2 * shift_range + 1} shifts, more "
                        f"than the memory_size N={memory_size} slots")

@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -74,8 +75,7 @@ def product_key_top_k(query: jax.typing.ArrayLike, sub_keys: jax.typing.ArrayLik
   half = sub_keys.shape[2]
   _checks.check_dim(query, -1, 2 * half, "query", "twice the sub-key size")
   n = sub_keys.shape[1]
-  if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n:
-    raise ValueError(f"k must be an integer in [1, n={n}]; got {k!r}")
+  k = _checks.integer(k, "k", 1, n, "n, the sub-keys per half")
   dtype = _checks.compute_dtype(query.dtype, sub_keys.dtype)
   q = query.astype(dtype)
   s1 = q[..., :half] @ sub_keys[0].astype(dtype).T  # [..., n]
@@ -104,6 +104,15 @@ def read_values(values: jax.Array, indices: jax.Array, weights: jax.Array, *,
   Returns:
     [B, Dv].
   """
+  values = _checks.floating(values, "values", 2, "[N, Dv]")
+  indices = _checks.as_array(indices, "indices")
+  _checks.check_integer(indices, "indices")
+  _checks.check_rank(indices, 2, "indices", "[B, J]")
+  weights = _checks.floating(weights, "weights", 2, "[B, J]")
+  if weights.shape != indices.shape:
+    raise ValueError(f"weights must have the shape of indices {tuple(indices.shape)}; got "
+                     f"{tuple(weights.shape)}")
+  _checks.check_index_range(indices, "indices", values.shape[0], "the slot count N of values")
   if mesh is None:
     return jnp.einsum("bj,bjv->bv", weights, values[indices].astype(weights.dtype))
   n = values.shape[0]
@@ -150,15 +159,17 @@ class ProductKeyMemory(nnx.Module):
                query_size: int = 64, num_heads: int = 4, k: int = 32,
                mesh: Mesh | None = None, axis: str = "memory",
                value_init_scale: float | None = None, rngs: nnx.Rngs):
-    for name, value in (("in_features", in_features), ("value_size", value_size),
-                        ("num_sub_keys", num_sub_keys), ("query_size", query_size),
-                        ("num_heads", num_heads), ("k", k)):
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    in_features = _checks.integer(in_features, "in_features")
+    value_size = _checks.integer(value_size, "value_size")
+    num_sub_keys = _checks.integer(num_sub_keys, "num_sub_keys")
+    query_size = _checks.integer(query_size, "query_size")
+    num_heads = _checks.integer(num_heads, "num_heads")
+    k = _checks.integer(k, "k")
     if query_size % 2:
       raise ValueError(f"query_size must be even (two halves); got {query_size}")
     if k > num_sub_keys:
       raise ValueError(f"k must be at most num_sub_keys={num_sub_keys}; got {k}")
+    self.in_features = in_features
     self.num_sub_keys = num_sub_keys
     self.num_slots = num_sub_keys ** 2
     self.num_heads = num_heads
@@ -186,15 +197,27 @@ class ProductKeyMemory(nnx.Module):
       values = jax.jit(lambda key: init(key) * scale, out_shardings=sharding)(rngs.params())
     self.values = nnx.Param(values)
 
+  def _check_x(self, x: jax.typing.ArrayLike) -> jax.Array:
+    x = _checks.as_array(x, "x")
+    _checks.check_floating(x, "x")
+    if x.ndim < 1 or x.shape[-1] != self.in_features:
+      raise ValueError(f"x must have in_features={self.in_features} on the last axis; got shape "
+                       f"{tuple(x.shape)}")
+    return x
+
   def lookup(self, x: jax.Array) -> ProductKeyResult:
     """The k slots each head reads: scores and indices [B, H, K] for x [B, I]."""
+    x = self._check_x(x)
     q = self.query_norm(self.query(x)).reshape(*x.shape[:-1], self.num_heads, self.query_size)
     heads = jax.vmap(product_key_top_k, in_axes=(-2, 0, None), out_axes=-2)
     return heads(q, self.sub_keys[...], self.k)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [..., I] -> [..., Dv]."""
+    x = self._check_x(x)
     batch = x.shape[:-1]
+    if not math.prod(batch):  # an empty batch reads nothing
+      return jnp.zeros((*batch, self.values.shape[1]), self.values.dtype)
     flat = x.reshape(-1, x.shape[-1])
     found = self.lookup(flat)  # [B, H, K]
     weights = jax.nn.softmax(found.scores, axis=-1)

@@ -59,9 +59,9 @@ class KVMemoryReader(nnx.Module):
 
   def __init__(self, vocab_size: int, dim: int, *, hops: int = 2, rngs: nnx.Rngs,
                init_scale: float = 0.1, tie_output: bool = False):
-    for name, v in (("vocab_size", vocab_size), ("dim", dim), ("hops", hops)):
-      if not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+    vocab_size = _checks.integer(vocab_size, "vocab_size")
+    dim = _checks.integer(dim, "dim")
+    hops = _checks.integer(hops, "hops")
     init = nnx.initializers.normal(init_scale)
     self.vocab_size = vocab_size
     self.dim = dim

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax import _checks
 from memjax import access
 from memjax import addressing
 from memjax.nn import _batching
@@ -212,12 +213,13 @@ class SAMCell(nnx.RNNCellBase):
                word_size: int = 20, num_read_heads: int = 1, k: int = 4,
                controller_size: int = 100, clip_value: float | None = 20.0,
                rngs: nnx.Rngs):
-    for name, value in (("in_features", in_features), ("out_features", out_features),
-                        ("memory_size", memory_size), ("word_size", word_size),
-                        ("num_read_heads", num_read_heads), ("k", k),
-                        ("controller_size", controller_size)):
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    in_features = _checks.integer(in_features, "in_features")
+    out_features = _checks.integer(out_features, "out_features")
+    memory_size = _checks.integer(memory_size, "memory_size")
+    word_size = _checks.integer(word_size, "word_size")
+    num_read_heads = _checks.integer(num_read_heads, "num_read_heads")
+    k = _checks.integer(k, "k")
+    controller_size = _checks.integer(controller_size, "controller_size")
     if k > memory_size:
       raise ValueError(f"k must be at most memory_size={memory_size}; got {k}")
     self.in_features = in_features

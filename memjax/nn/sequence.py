@@ -29,6 +29,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def _promote_carry(cell: nnx.RNNCellBase, carry: Any, inputs: jax.Array) -> Any:
+  """A half-precision carry cast to the dtypes the cell returns (once, before the loop).
+
+  A bfloat16 carry given to a cell with float32 parameters comes back float32
+  from the first step, and a scan needs one carry type throughout.
+  """
+  half = lambda x: jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+  if not any(half(x) for x in jax.tree.leaves(carry)):
+    return carry  # the common case: no extra trace of a step
+  out = jax.eval_shape(lambda c, x: cell(c, x)[0], carry, inputs[:, 0])
+  return jax.tree.map(lambda c, o: c.astype(o.dtype) if c.dtype != o.dtype else c, carry, out)
+
+
 def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = None,
              remat: bool = False, collect: Callable[[Any], Any] | None = None,
              unroll: int = 1, hoist: bool = False,
@@ -39,6 +52,8 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
     cell: a cell with `initialize_carry` and `__call__(carry, x) -> (carry, y)`.
     inputs: [B, T, I] batch-major inputs.
     initial_carry: the starting carry; default `cell.initialize_carry((B, I))`.
+      A half-precision carry that the cell's parameters would promote (bfloat16
+      with float32 weights) is cast to the dtypes the cell returns.
     remat: recompute each step's intermediates in the backward pass instead
       of storing them.
     collect: a function of each step's new carry whose results are stacked
@@ -64,6 +79,7 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
   carry = initial_carry
   if carry is None:
     carry = cell.initialize_carry((inputs.shape[0], inputs.shape[2]))
+  carry = _promote_carry(cell, carry, inputs)
 
   if hoist and collect is None and hasattr(cell, "step_with_deltas"):
     xs = jnp.swapaxes(inputs, 0, 1)

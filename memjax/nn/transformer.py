@@ -58,6 +58,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from memjax import _checks
 from memjax import ivf
 from memjax import store
 
@@ -171,15 +172,15 @@ class MemoryAugmentedBlock(nnx.Module):
                top_k: int = 32, num_memory_slots: int = 0, key_conv: int = 1,
                key_conv_init: float = 1.0, mlp_features: int | None = None,
                qk_scale_init: float | None = None, gate_init: float = 0.0, rngs: nnx.Rngs):
-    for name, v in (("features", features), ("num_heads", num_heads), ("window", window),
-                    ("top_k", top_k), ("key_conv", key_conv)):
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+    features = _checks.integer(features, "features")
+    num_heads = _checks.integer(num_heads, "num_heads")
+    window = _checks.integer(window, "window")
+    top_k = _checks.integer(top_k, "top_k")
+    key_conv = _checks.integer(key_conv, "key_conv")
     if features % num_heads:
       raise ValueError(f"features must be divisible by num_heads; got features={features}, "
                        f"num_heads={num_heads}")
-    if not isinstance(num_memory_slots, int) or num_memory_slots < 0:
-      raise ValueError(f"num_memory_slots must be an integer >= 0; got {num_memory_slots!r}")
+    num_memory_slots = _checks.integer(num_memory_slots, "num_memory_slots", 0)
     self.features = features
     self.num_heads = num_heads
     self.head_dim = features // num_heads
@@ -188,7 +189,8 @@ class MemoryAugmentedBlock(nnx.Module):
     self.top_k = top_k
     self.num_memory_slots = num_memory_slots
     self.key_conv = key_conv
-    mlp_features = mlp_features or 4 * features
+    mlp_features = (4 * features if mlp_features is None
+                    else _checks.integer(mlp_features, "mlp_features", what="or None"))
     h, e = num_heads, self.head_dim
     if qk_scale_init is None:
       qk_scale_init = math.sqrt(e)
@@ -372,7 +374,7 @@ class MemoryAugmentedBlock(nnx.Module):
     if state.memory is None:
       raise ValueError("retrieve needs a state with a memory")
     q, _, _, _ = self.queries_and_keys(x, state)
-    k = k or self.top_k
+    k = self.top_k if k is None else k
     return _per_sequence(lambda m, qq: store.lookup(m, qq, k))(
         jax.lax.stop_gradient(state.memory), jax.lax.stop_gradient(q))
 
@@ -480,15 +482,15 @@ class MemoryTransformer(nnx.Module):
                segment_length: int | None = None, top_k: int = 32, num_memory_slots: int = 0,
                key_conv: int = 1, mlp_features: int | None = None,
                qk_scale_init: float | None = None, rngs: nnx.Rngs):
-    if not isinstance(num_layers, int) or num_layers < 1:
-      raise ValueError(f"num_layers must be an integer >= 1; got {num_layers!r}")
+    num_layers = _checks.integer(num_layers, "num_layers")
     layers = set()
     for i in memory_layers:
       if not -num_layers <= i < num_layers:
         raise ValueError(f"memory_layers must index the {num_layers} layers; got {i}")
       layers.add(i % num_layers)
     self.memory_layers = tuple(sorted(layers))
-    self.segment_length = segment_length or window
+    self.segment_length = (window if segment_length is None
+                           else _checks.integer(segment_length, "segment_length", what="or None"))
     self.vocab_size = vocab_size
     self.embed = nnx.Embed(vocab_size, features, rngs=rngs)
     self.blocks = nnx.List([
@@ -554,11 +556,7 @@ class MemoryTransformer(nnx.Module):
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be an integer array [B, L]; got {tokens.dtype} "
                        f"{tuple(tokens.shape)}")
-    if not isinstance(tokens, jax.core.Tracer) and tokens.size:  # values known: check them
-      low, high = int(tokens.min()), int(tokens.max())
-      if low < 0 or high >= self.vocab_size:
-        raise ValueError(f"tokens must lie in [0, vocab_size={self.vocab_size}); got values "
-                         f"from {low} to {high}")
+    _checks.check_index_range(tokens, "tokens", self.vocab_size, "vocab_size")
     self._check_state(state)
     b, length = tokens.shape
     s = self.segment_length
@@ -580,7 +578,7 @@ class MemoryTransformer(nnx.Module):
 
     xs = (tokens.reshape(b, t, s).swapaxes(0, 1), resets.swapaxes(0, 1))
     state, logits = jax.lax.scan(step, state, xs)
-    return logits.swapaxes(0, 1).reshape(b, length, -1), state
+    return logits.swapaxes(0, 1).reshape(b, length, self.vocab_size), state
 
 
 def fit_index_centroids(model: MemoryTransformer, tokens: jax.typing.ArrayLike,

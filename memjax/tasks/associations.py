@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from memjax import _checks
+
 
 class Associations(NamedTuple):
   """inputs [N, I] float32 on the unit sphere; labels [N] int32 in [0, C)."""
@@ -23,10 +25,9 @@ class Associations(NamedTuple):
 def random_associations(num_items: int, in_features: int, num_classes: int,
                         seed: int) -> Associations:
   """N unit-norm Gaussian inputs with uniformly random labels."""
-  for name, value in (("num_items", num_items), ("in_features", in_features),
-                      ("num_classes", num_classes)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+  num_items = _checks.integer(num_items, "num_items")
+  in_features = _checks.integer(in_features, "in_features")
+  num_classes = _checks.integer(num_classes, "num_classes")
   rng = np.random.default_rng(seed)
   inputs = rng.standard_normal((num_items, in_features)).astype(np.float32)
   inputs /= np.linalg.norm(inputs, axis=1, keepdims=True)

@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from memjax import _checks
+
 UNKNOWN = "unknown"
 """The answer to a question whose fact is not known (absent or deleted)."""
 
@@ -348,8 +350,7 @@ def generate(num_facts: int = 100_000, *, facts_per_entity: int = 4, seed: int =
   Returns:
     A `FactBase` with `num_facts` facts on distinct (entity, relation) pairs.
   """
-  if not isinstance(num_facts, int) or num_facts < 1:
-    raise ValueError(f"num_facts must be an integer >= 1; got {num_facts!r}")
+  num_facts = _checks.integer(num_facts, "num_facts")
   if not 1 <= facts_per_entity <= len(RELATIONS):
     raise ValueError(f"facts_per_entity must be in [1, {len(RELATIONS)}]; "
                      f"got {facts_per_entity}")

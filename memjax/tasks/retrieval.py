@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from memjax import _checks
+
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalVocab:
@@ -52,8 +54,7 @@ class RetrievalVocab:
   def __post_init__(self):
     for name in ("num_keys", "num_values", "num_filler"):
       v = getattr(self, name)
-      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+      _checks.integer(v, name)
 
   @property
   def size(self) -> int:
@@ -98,9 +99,8 @@ def _rng(seed) -> np.random.Generator:
   return np.random.default_rng(seed)
 
 
-def _check_positive(name: str, value, minimum: int = 1) -> None:
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+def _check_positive(name: str, value, minimum: int = 1) -> int:
+  return _checks.integer(value, name, minimum)
 
 
 def _finish(tokens: np.ndarray, mask: np.ndarray, distances: np.ndarray) -> RetrievalBatch:
@@ -181,9 +181,9 @@ def evaluation_batch(seed, batch: int, distances, pairs_per_distance: int, *,
     A `RetrievalBatch` of length `evaluation_length(distances,
     pairs_per_distance, segment_length)`.
   """
-  _check_positive("batch", batch)
-  _check_positive("pairs_per_distance", pairs_per_distance)
-  _check_positive("segment_length", segment_length)
+  batch = _check_positive("batch", batch)
+  pairs_per_distance = _check_positive("pairs_per_distance", pairs_per_distance)
+  segment_length = _check_positive("segment_length", segment_length)
   distances = _as_distances(distances)
   total = len(distances) * pairs_per_distance
   if total > vocab.num_keys:
@@ -241,13 +241,13 @@ def training_batch(seed, batch: int, length: int, max_pairs: int, *, min_pairs: 
   Returns:
     A `RetrievalBatch` of shape [B, length].
   """
-  _check_positive("batch", batch)
-  _check_positive("min_pairs", min_pairs)
-  _check_positive("max_pairs", max_pairs, min_pairs)
+  batch = _check_positive("batch", batch)
+  min_pairs = _check_positive("min_pairs", min_pairs)
+  max_pairs = _check_positive("max_pairs", max_pairs, min_pairs)
   if max_pairs > vocab.num_keys:
     raise ValueError(f"max_pairs must be at most vocab.num_keys={vocab.num_keys}; "
                      f"got {max_pairs}")
-  _check_positive("length", length, 4 * max_pairs)
+  length = _check_positive("length", length, 4 * max_pairs)
   if length % 2:
     raise ValueError(f"length must be even (two-token cells); got {length}")
   rng = _rng(seed)
