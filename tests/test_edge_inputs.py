@@ -21,6 +21,7 @@ from memjax.nn import ntm
 from memjax.nn import product_keys
 from memjax.nn import sequence
 from memjax.nn import transformer
+from memjax.tasks import algorithmic
 
 
 def _brute_top_k(keys, valid, queries, k):
@@ -209,3 +210,18 @@ def test_a_bfloat16_carry_is_promoted_to_the_cells_dtype():
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
     for got, ref in zip(jax.tree.leaves(carry), jax.tree.leaves(want_carry)):
       assert got.dtype == ref.dtype
+
+
+def test_task_lengths_of_zero_are_errors_not_defaults():
+  rng = np.random.default_rng(0)
+  copy = algorithmic.CopyTask(bits=3, min_length=1, max_length=4)
+  assert copy.time_steps(0) == 1 and copy.time_steps() == 9
+  with pytest.raises(ValueError, match="length must be an integer >= 1; got 0"):
+    copy.sample(rng, 2, length=0)
+  with pytest.raises(ValueError, match="time_steps=0 is too short"):
+    copy.sample(rng, 2, time_steps=0)
+  repeat = algorithmic.RepeatCopyTask(bits=3, min_length=1, max_length=3, min_repeats=1,
+                                      max_repeats=2)
+  with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
+    repeat.sample(rng, 2, repeats=0)
+  assert copy.sample(rng, 2, length=np.int64(3)).inputs.shape[0] == 2

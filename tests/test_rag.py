@@ -145,6 +145,11 @@ def test_edit_questions_and_apply_edit():
       assert base.values[e.new_value] in system.memory.text(e.fact).split()
     else:
       assert e.fact not in system.memory
+  # An empty memory passed in is searched (it once fell back to system.memory: len 0 is falsy).
+  empty = retrieval.DocumentMemory(system.encoder, 8, payload=system.payload)
+  qa, ids = system.qa_set(q[:2], a[:2], np.array([-1, -1]), memory=empty)
+  assert (ids == -1).all() and not qa.mask.any()
+  assert (system.qa_set(q[:2], a[:2], np.array([-1, -1]))[1] >= 0).any()
 
 
 @pytest.mark.slow

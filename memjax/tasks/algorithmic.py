@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from memjax import _checks
+
 TASKS = ("copy", "repeat_copy", "associative_recall", "priority_sort")
 
 
@@ -53,9 +55,9 @@ def _check_range(name: str, low: int, high: int) -> None:
 
 
 def _lengths(rng: np.random.Generator, batch_size: int, low: int, high: int,
-             length: int | None) -> np.ndarray:
+             length: int | None, name: str = "length") -> np.ndarray:
   if length is not None:
-    return np.full(batch_size, int(length))
+    return np.full(batch_size, _checks.integer(length, name))
   return rng.integers(low, high + 1, size=batch_size)
 
 
@@ -83,14 +85,14 @@ class CopyTask:
 
   def time_steps(self, length: int | None = None) -> int:
     """T for sequences up to `length` (default: the training maximum)."""
-    return 2 * (length or self.max_length) + 1
+    return 2 * (self.max_length if length is None else length) + 1
 
   def sample(self, rng: np.random.Generator, batch_size: int, *, length: int | None = None,
              time_steps: int | None = None) -> Batch:
     """A batch with lengths uniform in [min_length, max_length], or all equal to `length`."""
     lengths = _lengths(rng, batch_size, self.min_length, self.max_length, length)
     top = int(lengths.max())
-    t = time_steps or self.time_steps(max(top, self.max_length))
+    t = time_steps if time_steps is not None else self.time_steps(max(top, self.max_length))
     if t < 2 * top + 1:
       raise ValueError(f"time_steps={t} is too short for length {top} (needs {2 * top + 1})")
     seq = rng.integers(0, 2, size=(batch_size, top, self.bits)).astype(np.float32)
@@ -133,17 +135,19 @@ class RepeatCopyTask:
     return self.bits + 1
 
   def time_steps(self, length: int | None = None, repeats: int | None = None) -> int:
-    length = length or self.max_length
-    repeats = repeats or self.max_repeats
+    length = self.max_length if length is None else length
+    repeats = self.max_repeats if repeats is None else repeats
     return length + 2 + length * repeats
 
   def sample(self, rng: np.random.Generator, batch_size: int, *, length: int | None = None,
              repeats: int | None = None, time_steps: int | None = None) -> Batch:
     lengths = _lengths(rng, batch_size, self.min_length, self.max_length, length)
-    counts = _lengths(rng, batch_size, self.min_repeats, self.max_repeats, repeats)
+    counts = _lengths(rng, batch_size, self.min_repeats, self.max_repeats, repeats, "repeats")
     need = int((lengths + 2 + lengths * counts).max())
-    t = time_steps or self.time_steps(max(int(lengths.max()), self.max_length),
-                                      max(int(counts.max()), self.max_repeats))
+    t = time_steps
+    if t is None:
+      t = self.time_steps(max(int(lengths.max()), self.max_length),
+                          max(int(counts.max()), self.max_repeats))
     if t < need:
       raise ValueError(f"time_steps={t} is too short for this batch (needs {need})")
     top = int(lengths.max())
@@ -191,14 +195,14 @@ class AssociativeRecallTask:
 
   def time_steps(self, length: int | None = None) -> int:
     """T for up to `length` items."""
-    items = length or self.max_items
+    items = self.max_items if length is None else length
     return items * (self.item_length + 1) + 2 * (self.item_length + 1) + 1
 
   def sample(self, rng: np.random.Generator, batch_size: int, *, length: int | None = None,
              time_steps: int | None = None) -> Batch:
     counts = _lengths(rng, batch_size, self.min_items, self.max_items, length)
     top = int(counts.max())
-    t = time_steps or self.time_steps(max(top, self.max_items))
+    t = time_steps if time_steps is not None else self.time_steps(max(top, self.max_items))
     if t < self.time_steps(top):
       raise ValueError(f"time_steps={t} is too short for {top} items")
     k = self.item_length
@@ -249,16 +253,16 @@ class PrioritySortTask:
     return self.bits
 
   def time_steps(self, length: int | None = None) -> int:
-    n = length or self.num_inputs
+    n = self.num_inputs if length is None else length
     return n + 1 + min(self.num_outputs, n)
 
   def sample(self, rng: np.random.Generator, batch_size: int, *, length: int | None = None,
              time_steps: int | None = None) -> Batch:
     """`length` (if given) is the number of input vectors; the output count scales with it."""
-    n = int(length or self.num_inputs)
+    n = self.num_inputs if length is None else _checks.integer(length, "length")
     m = min(self.num_outputs, n) if length is None else max(1, round(n * self.num_outputs
                                                                      / self.num_inputs))
-    t = time_steps or self.time_steps(max(n, self.num_inputs))
+    t = time_steps if time_steps is not None else self.time_steps(max(n, self.num_inputs))
     if t < n + 1 + m:
       raise ValueError(f"time_steps={t} is too short (needs {n + 1 + m})")
     seq = rng.integers(0, 2, size=(batch_size, n, self.bits)).astype(np.float32)

@@ -225,7 +225,7 @@ def evaluate(model: transformer.MemoryTransformer, batch: retrieval.RetrievalBat
     {distance: (correct, count)}; with `measure_recall`, also the key
     "recall": (summed recall, count) over the queries.
   """
-  s = segment_length or model.segment_length
+  s = model.segment_length if segment_length is None else segment_length
   graphdef, params = nnx.split(model)
   run = _eval_segment_fn(graphdef, use_memory)
   tokens = np.asarray(batch.tokens)
@@ -317,7 +317,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains per `config.train`; returns (model, training seconds)."""
   t = config.train
   vocab = vocab_from_config(config)
-  mesh = mesh or transformer.data_parallel_mesh()
+  mesh = transformer.data_parallel_mesh() if mesh is None else mesh
   model = create_model(config)
   graphdef, params = nnx.split(model)
   tx = make_optimizer(config)
@@ -366,7 +366,7 @@ def run_evaluation(model: transformer.MemoryTransformer, config: ml_collections.
   """Every suite of `config.eval.suites`: one row per (suite, distance)."""
   vocab = vocab_from_config(config)
   e = config.eval
-  mesh = mesh or transformer.data_parallel_mesh()
+  mesh = transformer.data_parallel_mesh() if mesh is None else mesh
   rows = []
   for name, suite in config.eval.suites.items():
     t0 = time.perf_counter()

@@ -191,7 +191,7 @@ class RAGSystem:
     Returns:
       (the `QASet`, [Q, K] retrieved ids).
     """
-    memory = memory or self.memory
+    memory = self.memory if memory is None else memory
     got = memory.retrieve(list(questions), self.k, record_use=record_use, with_texts=False)
     keys, values, mask = memory.reader_memory(got)
     fact_ids = np.asarray(fact_ids, np.int64)
