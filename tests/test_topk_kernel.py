@@ -148,3 +148,56 @@ def test_working_memory_grows_like_group_times_n_over_32_not_q_times_n():
   growth = temp_bytes(large) - temp_bytes(small)
   assert growth <= 1.5 * group * (large - small) // 32 * 4, growth
   assert temp_bytes(large) < q * large * 4 / 16  # a score matrix would be 4 GiB
+
+
+def test_vmap_over_masks_over_tables_alone_and_nested():
+  """The three batching cases the folding rule handles besides a shared table."""
+  keys, valid, queries = _integer_case(8, 200, 4, 3)
+  rng = np.random.default_rng(9)
+  masks = rng.random((3, 200)) < 0.6
+  # One key table under many masks (valid mapped, keys not).
+  _, slots = jax.vmap(lambda v: store.top_k_slots(keys, v, queries, 4))(jnp.asarray(masks))
+  for i in range(3):
+    np.testing.assert_array_equal(slots[i], _brute_force(keys, masks[i], queries, 4)[1])
+  # Many tables, the same queries for each (keys mapped, queries not).
+  tables = np.stack([keys, -keys, keys[::-1]])
+  _, slots = jax.vmap(lambda kk: store.top_k_slots(kk, jnp.asarray(valid), queries, 4))(
+      jnp.asarray(tables))
+  for i in range(3):
+    np.testing.assert_array_equal(slots[i], _brute_force(tables[i], valid, queries, 4)[1])
+  # An inner vmap over (table, queries) pairs inside an outer vmap over the queries
+  # alone: the outer level sees one table per inner entry, the same for every index.
+  outer_queries = np.stack([queries, queries[::-1] * 2])  # [2, Q, Dk]
+  inner = jax.vmap(lambda kk, qq: store.top_k_slots(kk, jnp.asarray(valid), qq, 4)[1])
+  per_query = jnp.broadcast_to(jnp.asarray(outer_queries)[:, None], (2, 3, 3, 4))
+  slots = jax.vmap(lambda qs: inner(jnp.asarray(tables), qs))(per_query)  # [2, 3 tables, Q, 4]
+  for o in range(2):
+    for t in range(3):
+      np.testing.assert_array_equal(slots[o, t],
+                                    _brute_force(tables[t], valid, outer_queries[o], 4)[1])
+
+
+def test_score_gradients_reach_queries_and_chosen_keys():
+  """d/dq sum of top-k scores = sum of the chosen keys; each chosen key gets its query."""
+  rng = np.random.default_rng(10)
+  keys = rng.normal(size=(300, 4)).astype(np.float32)
+  valid = rng.random(300) < 0.9
+  queries = rng.normal(size=(2, 4)).astype(np.float32)
+  _, want = _brute_force(keys, valid, queries, 3)
+  loss = lambda kk, qq: store.top_k_slots(kk, jnp.asarray(valid), qq, 3)[0].sum()
+  grad_keys, grad_queries = jax.grad(loss, argnums=(0, 1))(jnp.asarray(keys),
+                                                            jnp.asarray(queries))
+  np.testing.assert_allclose(grad_queries, keys[want].sum(axis=1), rtol=1e-5, atol=1e-6)
+  expected = np.zeros_like(keys)
+  for i in range(2):
+    expected[want[i]] += queries[i]
+  np.testing.assert_allclose(grad_keys, expected, rtol=1e-5, atol=1e-6)
+  # Cosine: the gradient of a chosen score q/|q| . k/|k| against a finite difference.
+  cosine = lambda qq: store.top_k_slots(jnp.asarray(keys), jnp.asarray(valid), qq, 1,
+                                        metric="cosine")[0].sum()
+  g = np.asarray(jax.grad(cosine)(jnp.asarray(queries)))
+  eps, step = 1e-2, np.zeros_like(queries)
+  step[0, 1] = eps
+  numeric = (float(cosine(jnp.asarray(queries + step))) -
+             float(cosine(jnp.asarray(queries - step)))) / (2 * eps)
+  np.testing.assert_allclose(g[0, 1], numeric, rtol=2e-3, atol=1e-4)
