@@ -19,6 +19,7 @@ from memjax import store
 from memjax.nn import memn2n
 from memjax.nn import ntm
 from memjax.nn import product_keys
+from memjax.nn import sam
 from memjax.nn import sequence
 from memjax.nn import transformer
 from memjax.tasks import algorithmic
@@ -225,3 +226,84 @@ def test_task_lengths_of_zero_are_errors_not_defaults():
   with pytest.raises(ValueError, match="repeats must be an integer >= 1"):
     repeat.sample(rng, 2, repeats=0)
   assert copy.sample(rng, 2, length=np.int64(3)).inputs.shape[0] == 2
+
+
+def _block():
+  return transformer.MemoryAugmentedBlock(8, 2, window=4, top_k=2, rngs=nnx.Rngs(0))
+
+
+def _kv_reader():
+  return memn2n.KeyValueReader(4, rngs=nnx.Rngs(0))
+
+
+MODULE_CASES = [
+    # (name, call, words the ValueError must contain)
+    ("word ids scalar", lambda: memn2n.encode_sentences(jnp.ones((4, 3)), jnp.array(1)),
+     ["ids", "rank >= 1"]),
+    ("address mask", lambda: memn2n.address(jnp.ones(3), jnp.ones((5, 3)), jnp.ones(4, bool)),
+     ["mask", "[N] = (5,)", "(4,)"]),
+    ("random time rate", lambda: memn2n.random_time(jax.random.key(0), 3, 5, 1.0),
+     ["rate", "[0, 1)", "1.0"]),
+    ("encoder memory size", lambda: memn2n.SentenceEncoder(6, 3, memory_size=-1,
+                                                           rngs=nnx.Rngs(0)),
+     ["memory_size", ">= 0", "-1"]),
+    ("time encoding without times", lambda: memn2n.SentenceEncoder(
+        6, 3, memory_size=2, rngs=nnx.Rngs(0)).time_encoding(None), ["time indices", "slot"]),
+    ("time encoding too many slots", lambda: memn2n.SentenceEncoder(
+        6, 3, memory_size=2, rngs=nnx.Rngs(0)).time_encoding(None, 5), ["5 memory slots", "2"]),
+    ("memn2n memory shape", lambda: memn2n.MemN2N(6, 4, memory_size=3, rngs=nnx.Rngs(0)).answer(
+        jnp.ones((2, 3, 4)), jnp.ones((2, 4)), jnp.ones((2, 3), bool)), ["memory", "[B, M"]),
+    ("memn2n question shape", lambda: memn2n.MemN2N(6, 4, hops=1, tying="adjacent",
+                                                    memory_size=3, rngs=nnx.Rngs(0)).answer(
+        jnp.ones((2, 3, 2, 4)), jnp.ones((3, 4)), jnp.ones((2, 3), bool)),
+     ["question", "(2, 4)", "(3, 4)"]),
+    ("kv reader keys", lambda: _kv_reader()(jnp.ones((2, 4)), jnp.ones((2, 3, 5)),
+                                            jnp.ones((2, 3, 5)), jnp.ones((2, 3), bool)),
+     ["keys", "[B, N, d]", "(2, 3, 5)"]),
+    ("index centroids rank", lambda: transformer.empty_index(1, jnp.ones((3, 4)), 8, 4, 1),
+     ["centroids", "[H, C, E]", "(3, 4)"]),
+    ("block centroids heads", lambda: _block().init_state(1, 8, centroids=jnp.ones((3, 2, 4))),
+     ["centroids", "H=2", "(3, 2, 4)"]),
+    ("block probes x list size", lambda: _block().init_state(
+        1, 8, centroids=jnp.ones((2, 2, 4)), list_size=1, probes=1),
+     ["probes x list_size", "top_k=2", "1 x 1"]),
+    ("block list size zero", lambda: _block().init_state(
+        1, 8, centroids=jnp.ones((2, 2, 4)), list_size=0), ["list_size", ">= 1", "0"]),
+    ("retrieve without memory", lambda: _block().retrieve(jnp.ones((1, 4, 8)),
+                                                          _block().init_state(1)),
+     ["retrieve", "memory"]),
+    ("block x features", lambda: _block()(jnp.ones((1, 4, 6)), _block().init_state(1, 8)),
+     ["x", "D=8", "(1, 4, 6)"]),
+    ("block state batch", lambda: _block()(jnp.ones((2, 4, 8)), _block().init_state(1, 8)),
+     ["state has batch 1", "x has batch 2"]),
+    ("sam state shapes", lambda: sam.make_state(jnp.ones((4, 3)), jnp.zeros(5, jnp.int32),
+                                                jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2)),
+                                                jnp.ones((1, 3)), 0, jnp.ones(4), jnp.ones(4)),
+     ["words", "last_access", "(5,)"]),
+    ("sam k", lambda: sam.SAMCell(3, 2, memory_size=4, k=5, rngs=nnx.Rngs(0)),
+     ["k", "memory_size=4", "5"]),
+    ("run_cell rank", lambda: sequence.run_cell(
+        ntm.NTMCell(3, 2, memory_size=4, word_size=2, controller_size=4, rngs=nnx.Rngs(0)),
+        jnp.ones((2, 3))), ["inputs", "rank 3", "(2, 3)"]),
+]
+
+
+@pytest.mark.parametrize("name, call, words", MODULE_CASES, ids=[c[0] for c in MODULE_CASES])
+def test_module_errors_name_the_argument(name, call, words):
+  with pytest.raises(ValueError) as info:
+    call()
+  for word in words:
+    assert word in str(info.value), (name, str(info.value))
+
+
+def test_unbatched_steps_and_encodings_without_time():
+  cell = sam.SAMCell(3, 2, memory_size=8, word_size=4, k=2, controller_size=6, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(2), (3,))
+  one, y = cell(cell.initialize_carry((3,)), x)            # one sequence, no batch axis
+  batch, y_batch = cell(cell.initialize_carry((1, 3)), x[None])
+  assert y.shape == (2,)
+  np.testing.assert_allclose(y, y_batch[0], rtol=1e-6, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(batch)):
+    np.testing.assert_allclose(a, b[0], rtol=1e-6, atol=1e-7)
+  plain = memn2n.SentenceEncoder(6, 3, memory_size=0, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(plain.time_encoding(jnp.array([[0, 1]])), np.zeros((1, 2, 3)))

@@ -247,7 +247,8 @@ class MemoryAugmentedBlock(nnx.Module):
         if centroids.shape[0] != h or centroids.shape[-1] != e:
           raise ValueError(f"centroids must have shape [H={h}, C, E={e}]; got "
                            f"{tuple(centroids.shape)}")
-        list_size = list_size or max(1, 4 * memory_size // centroids.shape[1])
+        list_size = (max(1, 4 * memory_size // centroids.shape[1]) if list_size is None
+                     else _checks.integer(list_size, "list_size", what="or None"))
         if probes * list_size < self.top_k:
           raise ValueError(f"probes x list_size must be at least top_k={self.top_k}; got "
                            f"{probes} x {list_size}")
