@@ -152,3 +152,18 @@ def test_modules_name_bad_inputs_tokens_and_states():
     model(tokens, state[:1])
   with pytest.raises(ValueError, match="got 1 states"):
     model.segment(tokens, state[:1])
+
+
+def test_in_place_memory_option_is_dropped_off_the_cpu(monkeypatch):
+  """On a GPU or TPU `cpu_options` gives None, so jit compiles with that backend's defaults."""
+  import jax
+
+  from memjax import xla
+
+  if jax.default_backend() == "cpu":
+    assert xla.cpu_options(xla.IN_PLACE_MEMORY) == xla.IN_PLACE_MEMORY
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert xla.cpu_options(xla.IN_PLACE_MEMORY) is None
+  step = jax.jit(lambda m: m + 1, donate_argnums=0,
+                 compiler_options=xla.cpu_options(xla.IN_PLACE_MEMORY))
+  assert float(step(jax.numpy.zeros(()))) == 1.0
