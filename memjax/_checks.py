@@ -24,6 +24,11 @@ def as_array(x: jax.typing.ArrayLike, name: str) -> jax.Array:
     raise TypeError(f"{name} must be an array; got {type(x).__name__}") from e
 
 
+def is_integer(value) -> bool:
+  """True for a Python or NumPy integer; False for booleans, floats and arrays."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def integer(value, name: str, low: int | None = 1, high: int | None = None,
             what: str = "") -> int:
   """Returns `value` as a Python int, or raises a ValueError naming `name`.
@@ -33,7 +38,7 @@ def integer(value, name: str, low: int | None = 1, high: int | None = None,
   arrays are not. `low` and `high` bound it inclusively (None: unbounded);
   `what` is appended to the message, e.g. "the slot count N".
   """
-  ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+  ok = is_integer(value)
   if ok:
     value = int(value)
     ok = (low is None or value >= low) and (high is None or value <= high)

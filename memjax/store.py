@@ -768,7 +768,7 @@ def top_k_slots(keys: jax.Array, valid: jax.Array, queries: jax.Array, k: int, *
   _checks.check_dim(queries, 1, keys.shape[1], "queries", "the key size Dk of keys")
   k = _check_k(k, keys.shape[0])
   _check_metric(metric)
-  _check_chunk_size(chunk_size)
+  chunk_size = _check_chunk_size(chunk_size)
   d = queries.shape[1]
   if metric == "cosine":
     queries = _normalize(queries)
@@ -806,10 +806,7 @@ def lookup(memory: KVMemory, queries: jax.typing.ArrayLike, k: int, *,
   _check_memory(memory)
   queries = _checks.floating(queries, "queries", (1, 2), "[Q, Dk] or [Dk]")
   _checks.check_dim(queries, -1, memory.key_dim, "queries", "the key size Dk of memory")
-  k = _check_k(k, memory.num_slots)
-  _check_metric(metric)
-  chunk_size = _check_chunk_size(chunk_size)
-  single = queries.ndim == 1
+  single = queries.ndim == 1  # k, metric and chunk_size: checked by top_k_slots
   if single:
     queries = queries[None]
   scores, slots = top_k_slots(memory.keys, memory.valid, queries, k, metric=metric,

@@ -47,10 +47,6 @@ def _check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
     raise ValueError(f"{name} must be one of {choices}; got {value!r}")
 
 
-def _check_positive(value: int, name: str) -> int:
-  return _checks.integer(value, name)
-
-
 def _word_ids(ids: jax.typing.ArrayLike, name: str) -> jax.Array:
   ids = _checks.as_array(ids, name)
   _checks.check_integer(ids, name)
@@ -102,7 +98,7 @@ def sentence_weights(ids: jax.typing.ArrayLike, embed_dim: int,
     [..., L, d] float32 weights.
   """
   ids = _word_ids(ids, "ids")
-  embed_dim = _check_positive(embed_dim, "embed_dim")
+  embed_dim = _checks.integer(embed_dim, "embed_dim")
   _check_choice(encoding, "encoding", ENCODINGS)
   a, b = _word_factors(ids, encoding)
   k = jnp.arange(1, embed_dim + 1, dtype=jnp.float32) / embed_dim
@@ -284,7 +280,7 @@ def random_time(key: jax.Array, size: jax.typing.ArrayLike, memory_size: int,
   Returns:
     [M] int32 non-decreasing over the first n slots; arange(M) when rate = 0.
   """
-  memory_size = _check_positive(memory_size, "memory_size")
+  memory_size = _checks.integer(memory_size, "memory_size")
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"rate must be in [0, 1); got {rate}")
   plain = jnp.arange(memory_size, dtype=jnp.int32)
@@ -337,11 +333,10 @@ class SentenceEncoder(nnx.Module):
 
   def __init__(self, vocab_size: int, embed_dim: int, *, encoding: str = "position",
                memory_size: int = 0, init_std: float = 0.1, rngs: nnx.Rngs):
-    vocab_size = _check_positive(vocab_size, "vocab_size")
-    embed_dim = _check_positive(embed_dim, "embed_dim")
+    vocab_size = _checks.integer(vocab_size, "vocab_size")
+    embed_dim = _checks.integer(embed_dim, "embed_dim")
     _check_choice(encoding, "encoding", ENCODINGS)
-    if memory_size < 0:
-      raise ValueError(f"memory_size must be >= 0; got {memory_size}")
+    memory_size = _checks.integer(memory_size, "memory_size", 0)
     self.encoding = encoding
     self.embedding = nnx.Param(_normal(rngs, (vocab_size, embed_dim), init_std))
     self.temporal = (nnx.Param(_normal(rngs, (memory_size, embed_dim), init_std))
@@ -454,8 +449,8 @@ class MemN2N(nnx.Module):
                memory_size: int = 50, tying: str = "adjacent", encoding: str = "position",
                temporal: bool = True, attend_empty: bool = True, init_std: float = 0.1,
                rngs: nnx.Rngs):
-    hops = _check_positive(hops, "hops")
-    memory_size = _check_positive(memory_size, "memory_size")
+    hops = _checks.integer(hops, "hops")
+    memory_size = _checks.integer(memory_size, "memory_size")
     _check_choice(tying, "tying", TYINGS)
     self.hops = hops
     self.tying = tying
@@ -590,8 +585,8 @@ class KeyValueReader(nnx.Module):
 
   def __init__(self, embed_dim: int, hops: int = 2, *, hop_init: str = "identity",
                learn_temperature: bool = False, rngs: nnx.Rngs | None = None):
-    embed_dim = _check_positive(embed_dim, "embed_dim")
-    hops = _check_positive(hops, "hops")
+    embed_dim = _checks.integer(embed_dim, "embed_dim")
+    hops = _checks.integer(hops, "hops")
     _check_choice(hop_init, "hop_init", HOP_INITS)
     self.hops = hops
     self.embed_dim = embed_dim
@@ -680,7 +675,7 @@ class KeyValueMemoryNetwork(nnx.Module):
   def __init__(self, vocab_size: int, embed_dim: int = 20, *, hops: int = 3,
                memory_size: int = 50, encoding: str = "position", temporal: bool = True,
                attend_empty: bool = True, init_std: float = 0.1, rngs: nnx.Rngs):
-    memory_size = _check_positive(memory_size, "memory_size")
+    memory_size = _checks.integer(memory_size, "memory_size")
     self.attend_empty = attend_empty
     self.embed_dim = embed_dim
     self.memory_size = memory_size

@@ -207,7 +207,9 @@ class ProductKeyMemory(nnx.Module):
 
   def lookup(self, x: jax.Array) -> ProductKeyResult:
     """The k slots each head reads: scores and indices [B, H, K] for x [B, I]."""
-    x = self._check_x(x)
+    return self._lookup(self._check_x(x))
+
+  def _lookup(self, x: jax.Array) -> ProductKeyResult:
     q = self.query_norm(self.query(x)).reshape(*x.shape[:-1], self.num_heads, self.query_size)
     heads = jax.vmap(product_key_top_k, in_axes=(-2, 0, None), out_axes=-2)
     return heads(q, self.sub_keys[...], self.k)
@@ -219,7 +221,7 @@ class ProductKeyMemory(nnx.Module):
     if not math.prod(batch):  # an empty batch reads nothing
       return jnp.zeros((*batch, self.values.shape[1]), self.values.dtype)
     flat = x.reshape(-1, x.shape[-1])
-    found = self.lookup(flat)  # [B, H, K]
+    found = self._lookup(flat)  # [B, H, K]
     weights = jax.nn.softmax(found.scores, axis=-1)
     b = flat.shape[0]
     out = read_values(self.values[...], found.indices.reshape(b, -1),

@@ -49,8 +49,7 @@ def rng_for(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 
 
 def _check_range(name: str, low: int, high: int) -> None:
-  is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-  if not (is_int(low) and is_int(high)) or not 1 <= low <= high:
+  if not (_checks.is_integer(low) and _checks.is_integer(high)) or not 1 <= low <= high:
     raise ValueError(f"{name} must satisfy 1 <= min <= max; got min={low!r}, max={high!r}")
 
 

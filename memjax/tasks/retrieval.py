@@ -99,10 +99,6 @@ def _rng(seed) -> np.random.Generator:
   return np.random.default_rng(seed)
 
 
-def _check_positive(name: str, value, minimum: int = 1) -> int:
-  return _checks.integer(value, name, minimum)
-
-
 def _finish(tokens: np.ndarray, mask: np.ndarray, distances: np.ndarray) -> RetrievalBatch:
   targets = np.zeros_like(tokens)
   targets[:, :-1] = tokens[:, 1:]
@@ -123,7 +119,7 @@ def _as_distances(distances) -> tuple[int, ...]:
   if not distances:
     raise ValueError("distances must name at least one distance; got none")
   for d in distances:
-    _check_positive("each distance", d)
+    _checks.integer(d, "each distance")
   return tuple(int(d) for d in distances)
 
 
@@ -181,9 +177,9 @@ def evaluation_batch(seed, batch: int, distances, pairs_per_distance: int, *,
     A `RetrievalBatch` of length `evaluation_length(distances,
     pairs_per_distance, segment_length)`.
   """
-  batch = _check_positive("batch", batch)
-  pairs_per_distance = _check_positive("pairs_per_distance", pairs_per_distance)
-  segment_length = _check_positive("segment_length", segment_length)
+  batch = _checks.integer(batch, "batch")
+  pairs_per_distance = _checks.integer(pairs_per_distance, "pairs_per_distance")
+  segment_length = _checks.integer(segment_length, "segment_length")
   distances = _as_distances(distances)
   total = len(distances) * pairs_per_distance
   if total > vocab.num_keys:
@@ -241,13 +237,13 @@ def training_batch(seed, batch: int, length: int, max_pairs: int, *, min_pairs: 
   Returns:
     A `RetrievalBatch` of shape [B, length].
   """
-  batch = _check_positive("batch", batch)
-  min_pairs = _check_positive("min_pairs", min_pairs)
-  max_pairs = _check_positive("max_pairs", max_pairs, min_pairs)
+  batch = _checks.integer(batch, "batch")
+  min_pairs = _checks.integer(min_pairs, "min_pairs")
+  max_pairs = _checks.integer(max_pairs, "max_pairs", min_pairs)
   if max_pairs > vocab.num_keys:
     raise ValueError(f"max_pairs must be at most vocab.num_keys={vocab.num_keys}; "
                      f"got {max_pairs}")
-  length = _check_positive("length", length, 4 * max_pairs)
+  length = _checks.integer(length, "length", 4 * max_pairs)
   if length % 2:
     raise ValueError(f"length must be even (two-token cells); got {length}")
   rng = _rng(seed)
