@@ -1,8 +1,8 @@
 """Error branches of the trainers' `validate_config` and of the bAbI reader not tested elsewhere.
 
 Each case loads a shipped config (experiments/configs), checks that it validates, changes
-a field or two and expects the ValueError of one branch. `config.trainer` picks the
-validator (`memjax.training.<trainer>`), as the launcher does. Nothing is compiled. The
+a field or two and expects the ValueError of one branch. The launcher's
+`trainer_module` picks the validator from `config.trainer`. Nothing is compiled. The
 bAbI reader cases use small files written to tmp_path.
 """
 
@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from experiments import train
 from memjax.tasks import babi
 
 
@@ -25,7 +26,7 @@ def _shipped(spec, tmp_path):
 
 
 def _validate(config):
-  importlib.import_module(f"memjax.training.{config.trainer}").validate_config(config)
+  train.trainer_module(config).validate_config(config)
 
 
 def _override(config, changes):
