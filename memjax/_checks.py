@@ -52,6 +52,30 @@ def integer(value, name: str, low: int | None = 1, high: int | None = None,
   return value
 
 
+def number(value, name: str, low: float | None = None, high: float | None = None, *,
+           open_low: bool = False) -> float:
+  """Returns `value` as a Python float, or raises a ValueError naming `name`.
+
+  Python and NumPy reals are accepted, booleans and non-finite values are not.
+  `low` and `high` bound it inclusively, or `low` exclusively with `open_low`
+  (a learning rate must be > 0, a weight decay >= 0).
+  """
+  ok = (isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_)) and bool(np.isfinite(value)))
+  if ok:
+    ok = ((low is None or (value > low if open_low else value >= low))
+          and (high is None or value <= high))
+  if not ok:
+    parts = []
+    if low is not None:
+      parts.append(f"{'>' if open_low else '>='} {low:g}")
+    if high is not None:
+      parts.append(f"<= {high:g}")
+    want = "a finite number" + (" " + " and ".join(parts) if parts else "")
+    raise ValueError(f"{name} must be {want}; got {value!r}")
+  return float(value)
+
+
 def check_index_range(x: jax.Array, name: str, high: int, what: str, low: int = 0) -> None:
   """Raises a ValueError unless every value of `x` lies in [low, high).
 

@@ -42,6 +42,19 @@ def test_integer_check_takes_numpy_integers_and_nothing_else():
     _checks.integer(5, "k", 1, 4, "the slot count")
 
 
+def test_number_check_bounds_reals_and_rejects_booleans_and_non_finite_values():
+  assert _checks.number(np.float32(0.5), "lr", 0, open_low=True) == 0.5
+  assert type(_checks.number(np.int64(2), "x")) is float
+  assert _checks.number(0, "decay", 0) == 0.0  # the bound itself: inclusive by default
+  for bad in (True, float("nan"), float("inf"), "0.1", None, np.array(0.1)):
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+      _checks.number(bad, "lr")
+  with pytest.raises(ValueError, match="lr must be a finite number > 0; got 0"):
+    _checks.number(0, "lr", 0, open_low=True)
+  with pytest.raises(ValueError, match=r"f must be a finite number >= 0 and <= 1; got 1\.5"):
+    _checks.number(1.5, "f", 0, 1)
+
+
 def test_numpy_integer_sizes_give_the_same_results_as_python_ints():
   rng = np.random.default_rng(0)
   keys = rng.normal(size=(6, 3)).astype(np.float32)

@@ -58,15 +58,18 @@ def test_phase_memory_size_is_capped_by_the_sequence():
   assert memory_transformer.phase_memory_size(config, 2048) == 1000
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("eval.run_suites", "memory,nope", "unknown suite 'nope'"),
-    ("model.num_heads", 3, "divisible"),
-    ("train.phases", ((10, 100, 2),), "multiple of train.segment_length"),
-    ("train.max_pairs", 1000, "max_pairs"),
+@pytest.mark.parametrize("changes, message", [
+    ({"eval.run_suites": "memory,nope"}, "unknown suite 'nope'"),
+    ({"model.num_heads": 3}, "divisible"),
+    ({"train.phases": ((10, 100, 2),)}, "multiple of train.segment_length"),
+    # Phases long enough for 4 x 129 tokens, so the vocab check (128 keys) is the one that fails.
+    ({"train.max_pairs": 129, "train.phases": ((3, 520, 2),)},
+     r"train.max_pairs=129 exceeds vocab.num_keys=128"),
 ])
-def test_bad_configs_are_rejected(field, value, message):
+def test_bad_configs_are_rejected(changes, message):
   config = memory_transformer_retrieval.get_config("smoke")
-  section, name = field.split(".")
-  config[section][name] = value
+  for field, value in changes.items():
+    section, name = field.split(".")
+    config[section][name] = value
   with pytest.raises(ValueError, match=message):
     memory_transformer.validate_config(config)

@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from memjax import _checks
+
 NIL = "<nil>"
 NUM_TASKS = 20
 DEFAULT_MEMORY_SIZE = 50
@@ -145,11 +147,12 @@ def find_task_files(data_dir: str, task: int) -> tuple[str, str]:
   """The (train, test) files of task `task` (1-20) in `data_dir`.
 
   Raises:
-    ValueError: on a task outside 1-20.
+    ValueError: on a task outside 1-20 or not an integer (a bool, a float, a string).
     FileNotFoundError: when the directory or a file is missing, or several match.
   """
-  if not isinstance(task, (int, np.integer)) or not 1 <= task <= NUM_TASKS:
+  if not _checks.is_integer(task) or not 1 <= task <= NUM_TASKS:
     raise ValueError(f"task must be an integer in 1..{NUM_TASKS}; got {task!r}")
+  task = int(task)
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(
         f"bAbI data_dir {data_dir!r} is not a directory; point it at the 'en' folder of "
@@ -328,19 +331,23 @@ def load(data_dir: str, tasks: int | Sequence[int], *, memory_size: int = DEFAUL
 
   Args:
     data_dir: directory of `qa*_train.txt` / `qa*_test.txt` files.
-    tasks: one task number (1-20) or several (trained jointly).
+    tasks: one task number (1-20) or several, each once (trained jointly).
     memory_size: the most statements kept per question.
     validation_fraction: in [0, 1).
 
   Returns:
     The data.
   """
-  if isinstance(tasks, (int, np.integer)):
-    task_list = (int(tasks),)
-  else:
-    task_list = tuple(int(t) for t in tasks)
+  single = isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable)
+  task_list = (tasks,) if single else tuple(tasks)
+  for t in task_list:  # before int(): True and 1.5 are not task 1
+    if not _checks.is_integer(t) or not 1 <= t <= NUM_TASKS:
+      raise ValueError(f"task must be an integer in 1..{NUM_TASKS}; got {t!r}")
+  task_list = tuple(int(t) for t in task_list)
   if not task_list:
     raise ValueError("tasks must name at least one task in 1..20; got none")
+  if len(set(task_list)) != len(task_list):
+    raise ValueError(f"tasks must not repeat a task; got {task_list}")
   if not 0.0 <= validation_fraction < 1.0:
     raise ValueError(f"validation_fraction must be in [0, 1); got {validation_fraction}")
   train, valid, test, names = [], [], [], {}
@@ -353,8 +360,14 @@ def load(data_dir: str, tasks: int | Sequence[int], *, memory_size: int = DEFAUL
     valid += examples[len(examples) - n_valid:]
     test += parse(test_path, t, memory_size)
   everything = train + valid + test
+  if not train and valid:
+    raise ValueError(f"no training questions left for tasks {task_list} in {data_dir!r}: "
+                     f"validation_fraction={validation_fraction} held out all {len(valid)} "
+                     f"training questions for validation ({len(test)} test questions); lower "
+                     "it or add training questions")
   if not train or not test:
-    raise ValueError(f"no questions found for tasks {task_list} in {data_dir!r}")
+    raise ValueError(f"no questions found for tasks {task_list} in {data_dir!r} "
+                     f"({len(train) + len(valid)} training, {len(test)} test questions)")
   vocab = Vocabulary.from_examples(everything)
   mem = min(memory_size, max(max(len(ex.story) for ex in everything), 1))
   sent = max(max((len(s) for ex in everything for s in ex.story), default=1),

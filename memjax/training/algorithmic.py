@@ -44,6 +44,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from memjax import _checks
 from memjax import xla
 from memjax.nn import dnc
 from memjax.nn import lstm
@@ -128,7 +129,7 @@ def default_config() -> ml_collections.ConfigDict:
                                              "lr_scale": 0.5, "max_rollbacks": 8})
   c.stop_at_bit_errors = 0.1     # None: train for num_steps
   c.steps_after_convergence = 0  # keep training this many steps once below stop_at_bit_errors,
-  c.lr_after_convergence = 0.1   # with the learning rate multiplied by this
+  c.lr_after_convergence = 0.1   # with the learning rate multiplied by this (1.0: keep it)
   c.remat = True
   c.hoist = True                 # weight gradients of the linear layers outside the time loop
   c.scan_groups = 1              # independent scans over each device's batch part, one after
@@ -136,7 +137,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sort_by_length = False       # order each batch by length first (`length_order`), so each
                                  # scan group holds sequences of similar lengths
   c.cpu_devices = 1              # >1: split each batch across that many CPU devices (cores)
-  c.eval_lengths = (20, 40, 60, 80, 100)
+  c.eval_lengths = (20, 40, 60, 80, 100)  # (): no generalisation table
   c.eval_batch_size = 32
   c.eval_batches = 2
   c.plots = True
@@ -164,9 +165,7 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _positive_int(config, name: str) -> None:
-  value = config.get(name)
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+  _checks.integer(config.get(name), name)
 
 
 def make_task(config: ml_collections.ConfigDict):
@@ -214,9 +213,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if unknown:
       raise ValueError(f"unknown option(s) for model 'lstm': {sorted(unknown)}")
     for key in ("hidden_size", "num_layers"):
-      value = options.get(key, 1)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"model.{key} must be an integer >= 1; got {value!r}")
+      _checks.integer(options.get(key, 1), f"model.{key}")
   clip = options.get("clip_value", 20.0)
   if clip is not None and not clip > 0:
     raise ValueError(f"model.clip_value must be > 0 or None; got {clip!r}")
@@ -224,26 +221,31 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               "keep_checkpoints", "error_window", "eval_batch_size", "eval_batches"):
     _positive_int(config, key)
   cpu_devices = config.get("cpu_devices", 1)
-  if not isinstance(cpu_devices, int) or cpu_devices < 1 or config.batch_size % cpu_devices:
+  if (not _checks.is_integer(cpu_devices) or cpu_devices < 1
+      or config.batch_size % cpu_devices):
     raise ValueError(f"cpu_devices must be an integer >= 1 dividing batch_size="
                      f"{config.batch_size}; got {cpu_devices!r}")
   groups = config.get("scan_groups", 1)
-  if not isinstance(groups, int) or groups < 1 or config.batch_size % (groups * cpu_devices):
+  if (not _checks.is_integer(groups) or groups < 1
+      or config.batch_size % (groups * cpu_devices)):
     raise ValueError(f"scan_groups must be an integer >= 1 such that cpu_devices x scan_groups "
                      f"divides batch_size={config.batch_size}; got scan_groups={groups!r} with "
                      f"cpu_devices={cpu_devices}")
   if not isinstance(config.get("sort_by_length", False), bool):
     raise ValueError(f"sort_by_length must be True or False; got "
                      f"{config.get('sort_by_length')!r}")
-  after = config.get("steps_after_convergence", 0)
-  if not isinstance(after, int) or after < 0:
-    raise ValueError(f"steps_after_convergence must be an integer >= 0; got {after!r}")
-  if not config.get("lr_after_convergence", 1.0) > 0:
-    raise ValueError(f"lr_after_convergence must be > 0; got "
-                     f"{config.get('lr_after_convergence')!r}")
-  for key in ("num_steps", "log_every", "checkpoint_every", "steps_after_convergence"):
-    if config[key] % config.steps_per_call:
-      raise ValueError(f"{key}={config[key]} must be a multiple of "
+  # Absent: 0, as `train_and_evaluate` reads it.
+  after = _checks.integer(config.get("steps_after_convergence", 0), "steps_after_convergence",
+                          low=0)
+  # A number, never None: the trainer multiplies the learning rate by it (None would make
+  # it NaN); 1.0 keeps the learning rate, and is what an absent field means.
+  _checks.number(config.get("lr_after_convergence", 1.0), "lr_after_convergence", 0,
+                 open_low=True)
+  for key, value in (("num_steps", config.num_steps), ("log_every", config.log_every),
+                     ("checkpoint_every", config.checkpoint_every),
+                     ("steps_after_convergence", after)):
+    if value % config.steps_per_call:
+      raise ValueError(f"{key}={value} must be a multiple of "
                        f"steps_per_call={config.steps_per_call}")
   if config.optimizer.name not in OPTIMIZERS:
     raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}; got "
@@ -252,7 +254,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"optimizer.learning_rate must be > 0; got "
                      f"{config.optimizer.learning_rate!r}")
   every = config.optimizer.get("lr_decay_every", 0)
-  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+  if not _checks.is_integer(every) or every < 0:
     raise ValueError(f"optimizer.lr_decay_every must be an integer >= 0 (0: constant learning "
                      f"rate); got {every!r}")
   if every and not 0 < config.optimizer.lr_decay_rate <= 1:
@@ -266,21 +268,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   stop = config.get("stop_at_bit_errors")
   if stop is not None and not stop >= 0:
     raise ValueError(f"stop_at_bit_errors must be >= 0 or None; got {stop!r}")
-  for length in config.eval_lengths:
-    if not isinstance(length, int) or length < 1:
+  for length in config.eval_lengths:  # () is fine: no generalisation table
+    if not _checks.is_integer(length) or length < 1:
       raise ValueError(f"eval_lengths must hold integers >= 1; got {list(config.eval_lengths)}")
   cur = config.get("curriculum")
+  if cur is not None and not _checks.is_integer(cur.start):
+    raise ValueError(f"curriculum.start must be an integer (0: off); got {cur.start!r}")
   if cur is not None and cur.start:
     top = getattr(task, "max_length", None)
     if top is None:
       raise ValueError(f"curriculum.start={cur.start} needs a task with a max_length; "
                        f"{config.task.name!r} has none")
-    if not isinstance(cur.start, int) or not 1 <= cur.start <= top:
+    if not 1 <= cur.start <= top:
       raise ValueError(f"curriculum.start must be 0 (off) or an integer in [1, {top}]; "
                        f"got {cur.start!r}")
-    if not isinstance(cur.increment, int) or cur.increment < 1:
-      raise ValueError(f"curriculum.increment must be an integer >= 1; got {cur.increment!r}")
-    if not isinstance(cur.window, int) or not 1 <= cur.window <= config.error_window:
+    _checks.integer(cur.increment, "curriculum.increment")
+    if not _checks.is_integer(cur.window) or not 1 <= cur.window <= config.error_window:
       raise ValueError(f"curriculum.window must be an integer in [1, error_window="
                        f"{config.error_window}]; got {cur.window!r}")
     if not cur.threshold > 0:
@@ -288,14 +291,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   guard = config.get("spike_guard")
   if guard is not None:
     _validate_spike_guard(config, guard)
-  if not isinstance(config.seed, int):
+  if not _checks.is_integer(config.seed):
     raise ValueError(f"seed must be an integer; got {config.seed!r}")
   del task
 
 
 def _validate_spike_guard(config: ml_collections.ConfigDict, guard) -> None:
   every = guard.every
-  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+  if not _checks.is_integer(every) or every < 0:
     raise ValueError(f"spike_guard.every must be an integer >= 0 (0: off); got {every!r}")
   if not every:
     return
@@ -313,7 +316,7 @@ def _validate_spike_guard(config: ml_collections.ConfigDict, guard) -> None:
   if not 0 < guard.lr_scale <= 1:
     raise ValueError(f"spike_guard.lr_scale must be in (0, 1]; got {guard.lr_scale!r}")
   rollbacks = guard.max_rollbacks
-  if not isinstance(rollbacks, int) or isinstance(rollbacks, bool) or rollbacks < 0:
+  if not _checks.is_integer(rollbacks) or rollbacks < 0:
     raise ValueError(f"spike_guard.max_rollbacks must be an integer >= 0; got {rollbacks!r}")
 
 

@@ -52,6 +52,7 @@ from absl import flags
 from absl import logging
 from flax import nnx
 
+from memjax import _checks
 from memjax.nn import memn2n
 from memjax.tasks import babi
 from memjax.training.metrics import MetricWriter
@@ -106,7 +107,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.get("restart_batching", "vmap") not in ("vmap", "map"):
     raise ValueError(f"config.restart_batching must be 'vmap' or 'map'; got "
                      f"{config.restart_batching!r}")
-  memory_buckets(config.get("memory_buckets", ()), int(config.memory_size))
   if config.get("embed", "table") not in ("auto", "table", "batch"):
     raise ValueError(f"config.embed must be 'auto', 'table' or 'batch'; got {config.embed!r}")
   if config.optimizer not in OPTIMIZERS:
@@ -118,22 +118,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.tying must be one of {memn2n.TYINGS}; got {config.tying!r}")
   for name in ("embed_dim", "hops", "epochs", "batch_size", "restarts", "memory_size",
                "decay_every", "eval_batch_size"):
-    if int(config[name]) < 1:
-      raise ValueError(f"config.{name} must be >= 1; got {config[name]}")
-  if not 1 <= int(config.get("ensemble", 1)) <= int(config.restarts):
-    raise ValueError(f"config.ensemble must be in [1, config.restarts={config.restarts}]; "
-                     f"got {config.ensemble}")
-  if int(config.linear_start_epochs) < 0:
-    raise ValueError(f"config.linear_start_epochs must be >= 0; got "
-                     f"{config.linear_start_epochs}")
+    _checks.integer(config[name], f"config.{name}")
+  memory_buckets(config.get("memory_buckets", ()), int(config.memory_size))
+  ensemble = config.get("ensemble", 1)
+  if not _checks.is_integer(ensemble) or not 1 <= ensemble <= config.restarts:
+    raise ValueError(f"config.ensemble must be an integer in [1, config.restarts="
+                     f"{config.restarts}]; got {ensemble!r}")
+  _checks.integer(config.linear_start_epochs, "config.linear_start_epochs", low=0)
+  # `train_and_evaluate` starts min(workers, runs) processes when that is > 1, else trains
+  # in this process; 0 or less would silently mean 1.
+  _checks.integer(config.get("workers", 1), "config.workers", what="1: train in this process")
   if not 0.0 <= float(config.random_noise) < 1.0:
     raise ValueError(f"config.random_noise must be in [0, 1); got {config.random_noise}")
   if not 0.0 < float(config.validation_fraction) < 1.0:
     raise ValueError(f"config.validation_fraction must be in (0, 1); got "
                      f"{config.validation_fraction}")
   for name in ("learning_rate", "linear_start_learning_rate", "max_grad_norm", "init_std"):
-    if float(config[name]) <= 0:
-      raise ValueError(f"config.{name} must be > 0; got {config[name]}")
+    _checks.number(config[name], f"config.{name}", 0, open_low=True)
+  _checks.number(config.get("weight_decay", 0.0), "config.weight_decay", 0)
   if not config.data_dir or not os.path.isdir(config.data_dir):
     raise ValueError(f"config.data_dir {config.data_dir!r} is not a directory; set "
                      "--config.data_dir to the 'en' folder of bAbI tasks_1-20_v1-2")
@@ -225,7 +227,7 @@ def memory_buckets(spec: Any, memory_size: int) -> tuple[int, ...]:
   """
   sizes = []
   for value in spec or ():
-    if not isinstance(value, (int, np.integer)) or value < 1:
+    if not _checks.is_integer(value) or value < 1:
       raise ValueError(f"config.memory_buckets must hold integers >= 1; got {tuple(spec)}")
     sizes.append(min(int(value), memory_size))
   return tuple(sorted(set(sizes) | {memory_size}))

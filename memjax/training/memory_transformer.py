@@ -32,6 +32,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from memjax import _checks
 from memjax import ivf
 from memjax import xla
 from memjax.nn import transformer
@@ -63,38 +64,81 @@ def create_model(config: ml_collections.ConfigDict,
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError on a config that cannot run, before anything compiles."""
-  m, t = config.model, config.train
+  m, t, e = config.model, config.train, config.eval
+  for name in ("num_keys", "num_values", "num_filler"):
+    _checks.integer(config.vocab[name], f"vocab.{name}")
+  for name in ("features", "num_layers", "num_heads", "window", "top_k", "key_conv"):
+    _checks.integer(m[name], f"model.{name}")
+  _checks.integer(m.num_memory_slots, "model.num_memory_slots", 0)
+  if m.mlp_features:  # 0 or None: the block's default width
+    _checks.integer(m.mlp_features, "model.mlp_features", what="or 0/None for the default")
+  if m.qk_scale_init:
+    _checks.number(m.qk_scale_init, "model.qk_scale_init", 0, open_low=True)
   if m.features % m.num_heads:
     raise ValueError(f"model.features={m.features} must be divisible by "
                      f"model.num_heads={m.num_heads}")
+  for i in m.memory_layers:
+    _checks.integer(i, "each of model.memory_layers", 0, m.num_layers - 1,
+                    what=f"a layer of the {m.num_layers}")
+  segment_length = _checks.integer(t.segment_length, "train.segment_length")
+  _checks.integer(t.memory_size, "train.memory_size", m.top_k, what="at least model.top_k")
+  min_pairs = _checks.integer(t.min_pairs, "train.min_pairs")
+  max_pairs = _checks.integer(t.max_pairs, "train.max_pairs", min_pairs,
+                              what="at least train.min_pairs")
+  vocab = vocab_from_config(config)
+  if max_pairs > vocab.num_keys:
+    raise ValueError(f"train.max_pairs={max_pairs} exceeds vocab.num_keys={vocab.num_keys}")
+  _checks.integer(t.warmup_steps, "train.warmup_steps", 0)
+  _checks.integer(t.log_every, "train.log_every")
+  _checks.number(t.learning_rate, "train.learning_rate", 0, open_low=True)
+  _checks.number(t.scalar_lr_multiplier, "train.scalar_lr_multiplier", 0, open_low=True)
+  _checks.number(t.final_lr_fraction, "train.final_lr_fraction", 0, 1)
+  _checks.number(t.grad_clip, "train.grad_clip", 0, open_low=True)
+  _checks.number(t.weight_decay, "train.weight_decay", 0)
   if not t.phases:
     raise ValueError("train.phases must list at least one (steps, length, batch)")
   for phase in t.phases:
     if len(phase) != 3:
       raise ValueError(f"each train phase must be (steps, length, batch); got {phase!r}")
-    steps, length, batch = phase
-    if steps < 1 or batch < 1:
-      raise ValueError(f"train phase {phase!r}: steps and batch must be >= 1")
-    if length % t.segment_length:
+    for what, value in zip(("steps", "length", "batch"), phase):
+      _checks.integer(value, f"train phase {tuple(phase)!r}: {what}")
+    _, length, _ = phase
+    if length % segment_length:
       raise ValueError(f"train phase {phase!r}: length must be a multiple of "
-                       f"train.segment_length={t.segment_length}")
-    if length < 4 * t.max_pairs:
+                       f"train.segment_length={segment_length}")
+    if length < 4 * max_pairs:
       raise ValueError(f"train phase {phase!r}: length must be at least 4 * train.max_pairs="
-                       f"{4 * t.max_pairs}")
-    if t.memory_size < m.top_k:
-      raise ValueError(f"train.memory_size={t.memory_size} must be at least "
-                       f"model.top_k={m.top_k}")
-  vocab = vocab_from_config(config)
-  if t.max_pairs > vocab.num_keys:
-    raise ValueError(f"train.max_pairs={t.max_pairs} exceeds vocab.num_keys={vocab.num_keys}")
-  for name, suite in config.eval.suites.items():
+                       f"{4 * max_pairs}")
+  _checks.integer(e.segment_length, "eval.segment_length")
+  for name, suite in e.suites.items():
+    where = f"eval suite {name!r}:"
+    for field in ("batch", "pairs_per_distance"):
+      _checks.integer(suite[field], f"{where} {field}")
+    if not suite.distances:
+      raise ValueError(f"{where} distances must name at least one distance")
+    for d in suite.distances:
+      _checks.integer(d, f"{where} each distance")
     total = len(suite.distances) * suite.pairs_per_distance
     if total > vocab.num_keys:
-      raise ValueError(f"eval suite {name!r}: {len(suite.distances)} distances x "
+      raise ValueError(f"{where} {len(suite.distances)} distances x "
                        f"{suite.pairs_per_distance} pairs exceed vocab.num_keys="
                        f"{vocab.num_keys}")
-    if suite.use_memory and suite.memory_size < m.top_k:
-      raise ValueError(f"eval suite {name!r}: memory_size must be at least model.top_k")
+    if suite.use_memory:
+      _checks.integer(suite.memory_size, f"{where} memory_size", m.top_k,
+                      what="at least model.top_k")
+    search = suite.get("search", "exact")
+    if search not in ("exact", "ivf"):
+      raise ValueError(f"{where} search must be 'exact' or 'ivf'; got {search!r}")
+    if search == "ivf":
+      if not suite.use_memory:
+        raise ValueError(f"{where} search='ivf' needs use_memory=True")
+      for field in ("calibration_batch", "calibration_length", "num_lists", "list_size",
+                    "probes"):
+        _checks.integer(suite[field], f"{where} {field}")
+      if suite.probes > suite.num_lists:
+        raise ValueError(f"{where} probes={suite.probes} exceeds num_lists={suite.num_lists}")
+      if suite.probes * suite.list_size < m.top_k:
+        raise ValueError(f"{where} probes x list_size must be at least model.top_k={m.top_k}")
   _suites_to_run(config)
 
 

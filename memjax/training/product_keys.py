@@ -25,6 +25,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from memjax import _checks
 from memjax.nn import product_keys
 from memjax.tasks import associations
 from memjax.training import metrics
@@ -35,10 +36,14 @@ MODELS = ("pkm", "mlp")
 def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model not in MODELS:
     raise ValueError(f"model must be one of {MODELS}; got {config.model!r}")
-  for name in ("num_items", "in_features", "num_classes", "num_sub_keys", "query_size",
-               "num_heads", "k", "value_size", "batch_size", "steps", "eval_every"):
-    if not isinstance(config[name], int) or config[name] < 1:
-      raise ValueError(f"{name} must be an integer >= 1; got {config[name]!r}")
+  names = ("num_items", "in_features", "num_classes", "num_sub_keys", "query_size",
+           "num_heads", "k", "value_size", "batch_size", "steps", "eval_every")
+  if config.model == "mlp":
+    names += ("mlp_hidden",)
+  for name in names:
+    _checks.integer(config[name], name)
+  _checks.integer(config.mesh_devices, "mesh_devices", 0, what="0 or 1: unsharded")
+  _checks.number(config.learning_rate, "learning_rate", 0, open_low=True)
   if config.query_size % 2:
     raise ValueError(f"query_size must be even; got {config.query_size}")
   if config.k > config.num_sub_keys:

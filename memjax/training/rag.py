@@ -43,6 +43,7 @@ import optax
 from absl import logging
 from flax import nnx
 
+from memjax import _checks
 from memjax import retrieval
 from memjax.nn import rag_reader
 from memjax.tasks import facts
@@ -53,38 +54,59 @@ STAGES = ("qa", "editing", "bounded")
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field of a rag config."""
-  def positive(path: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f"{path} must be an integer >= 1; got {value!r}")
+  def integer(path: str, low: int = 1) -> int:
+    section, name = path.split(".") if "." in path else (None, path)
+    value = config[name] if section is None else config[section][name]
+    return _checks.integer(value, path, low)
+
+  def number(path: str, low: float, *, open_low: bool = False) -> float:
+    section, name = path.split(".")
+    return _checks.number(config[section][name], path, low, open_low=open_low)
 
   for stage in config.stages:
     if stage not in STAGES:
       raise ValueError(f"stages must be a subset of {STAGES}; got {tuple(config.stages)}")
-  positive("facts.num_facts", config.facts.num_facts)
-  positive("retrieval.dim", config.retrieval.dim)
-  positive("retrieval.k", config.retrieval.k)
-  positive("model.dim", config.model.dim)
-  positive("model.hops", config.model.hops)
-  positive("train.steps", config.train.steps)
-  positive("train.batch_size", config.train.batch_size)
-  positive("train.num_questions", config.train.num_questions)
-  if config.train.num_questions + config.eval.num_questions > config.facts.num_facts:
+  num_facts = integer("facts.num_facts")
+  integer("facts.facts_per_entity")
+  integer("retrieval.dim")
+  integer("retrieval.ngrams")
+  k = integer("retrieval.k")
+  if k > num_facts:
+    raise ValueError(f"retrieval.k must be at most facts.num_facts={num_facts} (the memory "
+                     f"holds one passage per fact); got {k}")
+  integer("model.dim")
+  integer("model.hops")
+  integer("train.steps")
+  integer("train.batch_size")
+  integer("train.log_every")
+  integer("closed_book_all_steps", 0)
+  number("train.learning_rate", 0, open_low=True)
+  train_questions = integer("train.num_questions")
+  eval_questions = integer("eval.num_questions")
+  integer("train.num_absent", 0)
+  integer("eval.num_absent", 0)
+  if train_questions + eval_questions > num_facts:
     raise ValueError("train.num_questions + eval.num_questions must be at most "
-                     f"facts.num_facts={config.facts.num_facts} (test facts are unseen in "
-                     f"training); got {config.train.num_questions} + "
-                     f"{config.eval.num_questions}")
-  drops = (config.train.drop_true, config.train.drop_entity)
-  if min(drops) < 0 or sum(drops) >= 1:
+                     f"facts.num_facts={num_facts} (test facts are unseen in "
+                     f"training); got {train_questions} + {eval_questions}")
+  drops = (number("train.drop_true", 0),
+           number("train.drop_entity", 0))
+  if sum(drops) >= 1:
     raise ValueError("train.drop_true and train.drop_entity must be >= 0 with a sum below 1; "
                      f"got {drops}")
   if "editing" in config.stages:
-    positive("editing.num_edits", config.editing.num_edits)
+    integer("editing.num_edits")
+    integer("editing.locality_size")
+    if integer("editing.finetune_steps", 0):
+      number("editing.finetune_learning_rate", 0, open_low=True)
   if "bounded" in config.stages:
-    positive("bounded.capacity", config.bounded.capacity)
-    if config.bounded.capacity >= config.facts.num_facts:
+    capacity = integer("bounded.capacity")
+    if capacity >= num_facts:
       raise ValueError(f"bounded.capacity must be below facts.num_facts="
-                       f"{config.facts.num_facts} for anything to be evicted; got "
-                       f"{config.bounded.capacity}")
+                       f"{num_facts} for anything to be evicted; got {capacity}")
+    for name in ("stream_batch", "recent", "eval_size", "eval_every"):
+      integer(f"bounded.{name}")
+    integer("bounded.hot", 0)
     for p in config.bounded.policies:
       if p not in ("fifo", "lru", "least_used"):
         raise ValueError(f"bounded.policies must be fifo/lru/least_used; got {p!r}")
