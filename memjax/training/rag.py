@@ -54,14 +54,14 @@ STAGES = ("qa", "editing", "bounded")
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad field of a rag config."""
+  def field(path: str) -> Any:
+    return functools.reduce(lambda node, name: node[name], path.split("."), config)
+
   def integer(path: str, low: int = 1) -> int:
-    section, name = path.split(".") if "." in path else (None, path)
-    value = config[name] if section is None else config[section][name]
-    return _checks.integer(value, path, low)
+    return _checks.integer(field(path), path, low)
 
   def number(path: str, low: float, *, open_low: bool = False) -> float:
-    section, name = path.split(".")
-    return _checks.number(config[section][name], path, low, open_low=open_low)
+    return _checks.number(field(path), path, low, open_low=open_low)
 
   for stage in config.stages:
     if stage not in STAGES:
@@ -89,8 +89,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("train.num_questions + eval.num_questions must be at most "
                      f"facts.num_facts={num_facts} (test facts are unseen in "
                      f"training); got {train_questions} + {eval_questions}")
-  drops = (number("train.drop_true", 0),
-           number("train.drop_entity", 0))
+  drops = (number("train.drop_true", 0), number("train.drop_entity", 0))
   if sum(drops) >= 1:
     raise ValueError("train.drop_true and train.drop_entity must be >= 0 with a sum below 1; "
                      f"got {drops}")
