@@ -143,6 +143,13 @@ def parse(path: str, task: int = 0, memory_size: int = DEFAULT_MEMORY_SIZE) -> l
   return examples
 
 
+def _task_number(task) -> int:
+  """`task` as an int in 1..20; True, 1.5 and "1" are not task 1."""
+  if not _checks.is_integer(task) or not 1 <= task <= NUM_TASKS:
+    raise ValueError(f"task must be an integer in 1..{NUM_TASKS}; got {task!r}")
+  return int(task)
+
+
 def find_task_files(data_dir: str, task: int) -> tuple[str, str]:
   """The (train, test) files of task `task` (1-20) in `data_dir`.
 
@@ -150,9 +157,7 @@ def find_task_files(data_dir: str, task: int) -> tuple[str, str]:
     ValueError: on a task outside 1-20 or not an integer (a bool, a float, a string).
     FileNotFoundError: when the directory or a file is missing, or several match.
   """
-  if not _checks.is_integer(task) or not 1 <= task <= NUM_TASKS:
-    raise ValueError(f"task must be an integer in 1..{NUM_TASKS}; got {task!r}")
-  task = int(task)
+  task = _task_number(task)
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(
         f"bAbI data_dir {data_dir!r} is not a directory; point it at the 'en' folder of "
@@ -340,10 +345,7 @@ def load(data_dir: str, tasks: int | Sequence[int], *, memory_size: int = DEFAUL
   """
   single = isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable)
   task_list = (tasks,) if single else tuple(tasks)
-  for t in task_list:  # before int(): True and 1.5 are not task 1
-    if not _checks.is_integer(t) or not 1 <= t <= NUM_TASKS:
-      raise ValueError(f"task must be an integer in 1..{NUM_TASKS}; got {t!r}")
-  task_list = tuple(int(t) for t in task_list)
+  task_list = tuple(_task_number(t) for t in task_list)
   if not task_list:
     raise ValueError("tasks must name at least one task in 1..20; got none")
   if len(set(task_list)) != len(task_list):
