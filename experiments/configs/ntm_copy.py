@@ -19,7 +19,7 @@ def get_config(arg=None):
   # seeds 1 and 4 collapsed to chance within 100-200 steps of converging. At 0.1 such a
   # batch weighs no more than a normal one. With that, training goes on past the
   # criterion at the same learning rate, which is what makes the model copy sequences
-  # longer than it trained on (README, NTM results). 1,000 steps were enough for seeds
+  # longer than it trained on (docs/results.md, NTM and DNC). 1,000 steps were enough for seeds
   # 0-4 with one rounding of the data-parallel gradient sum and not with another (length
   # 40: 2.4-2.7 bit errors on two seeds); 2,000 gave at most 0.03 on all five. Lowering
   # the learning rate for those steps instead (x0.3) did not help (2.4 on one seed).

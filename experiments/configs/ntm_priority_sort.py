@@ -20,7 +20,7 @@ def get_config(arg=None):
   # clipped at global norm 0.1, and the spike guard: a snapshot every 500 steps, and a
   # rollback to it at half the learning rate when the moving average of bit errors doubles
   # (and rises by 2 bits). Seeds 0, 1, 2 converged at steps 11,800, 12,700, 10,550
-  # (699-949 s on two CPU devices; seed 1 rolled back once, at step 5,700) (README,
+  # (699-949 s on two CPU devices; seed 1 rolled back once, at step 5,700) (docs/results.md,
   # priority sort). At batch 16 the runs collapsed (constant 1e-2: to chance at step
   # 7,200) or levelled off (decayed: 12.7 bits at step 46,475).
   c.batch_size = 64
