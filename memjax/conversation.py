@@ -72,6 +72,7 @@ class ConversationMemory:
                payload: Callable[[Sequence[str]], np.ndarray] | None = None):
     context_turns = _checks.integer(context_turns, "context_turns", 0)
     k = _checks.integer(k, "k")
+    retrieval.check_threshold(threshold)
     if encoder is None:
       encoder = retrieval.HashedBagOfWords(4096, stopwords=retrieval.ENGLISH_STOPWORDS)
     self.context_turns = context_turns
@@ -112,7 +113,9 @@ class ConversationMemory:
 
   def relevant(self, message: str, k: int | None = None) -> tuple[list[Turn], list[float]]:
     """The k earlier (out-of-context) turns that match `message` best, best first."""
-    k = self.k if k is None else k
+    if not isinstance(message, str):
+      raise TypeError(f"message must be a str; got {type(message).__name__}")
+    k = self.k if k is None else _checks.integer(k, "k")
     first_recent = self.num_turns - len(self._recent)
     if first_recent <= 0 or len(self.memory) == 0:
       return [], []
@@ -130,6 +133,8 @@ class ConversationMemory:
 
     The message itself is not stored; `add` it afterwards to keep it.
     """
+    if not isinstance(speaker, str):
+      raise TypeError(f"speaker must be a str; got {type(speaker).__name__}")
     turns, scores = self.relevant(message, k)
     order = np.argsort([t.index for t in turns], kind="stable")
     turns = [turns[i] for i in order]

@@ -130,8 +130,15 @@ def init(centroids: jax.typing.ArrayLike, list_size: int, value_dim: int, capaci
       capacity=capacity, probes=probes)
 
 
+def _check_index(index) -> None:
+  if not isinstance(index, IVFMemory):
+    raise TypeError(f"index must be a memjax.ivf.IVFMemory (from ivf.init); got "
+                    f"{type(index).__name__}")
+
+
 def clear(index: IVFMemory) -> IVFMemory:
   """The same index emptied (centroids kept): the start of a new document."""
+  _check_index(index)
   return index.replace(times=jnp.full_like(index.times, -1), cursor=jnp.zeros_like(index.cursor),
                        clock=jnp.zeros_like(index.clock))
 
@@ -161,6 +168,7 @@ def insert(index: IVFMemory, keys: jax.typing.ArrayLike,
   Returns:
     The new index; within a list, the oldest entries are overwritten first.
   """
+  _check_index(index)
   keys = _checks.floating(keys, "keys", (2,), "[B, Dk]")
   values = _checks.as_array(values, "values")
   _checks.check_rank(values, 2, "values", "[B, Dv]")
@@ -234,6 +242,7 @@ def search(index: IVFMemory, queries: jax.typing.ArrayLike, k: int,
   Returns:
     A `SearchResult`, best first.
   """
+  _check_index(index)
   probes = index.probes if probes is None else probes
   queries = _checks.as_array(queries, "queries")
   _checks.check_floating(queries, "queries")
@@ -317,6 +326,7 @@ def attend(index: IVFMemory, queries: jax.Array, k: int, probes: int | None = No
   Returns:
     [Q, Dv] (or [G..., Q, Dv]); zeros for a query that finds nothing.
   """
+  _check_index(index)
   index = jax.lax.stop_gradient(index)
   found = search(index, jax.lax.stop_gradient(queries), k, probes)
   scores = jnp.einsum("...qd,...qkd->...qk", queries, found.keys) * scale
@@ -344,6 +354,8 @@ def kmeans(points: jax.typing.ArrayLike, num_clusters: int, *, iterations: int =
   points = _checks.floating(points, "points", (2,), "[P, Dk]").astype(jnp.float32)
   num_clusters = _checks.integer(num_clusters, "num_clusters", 1, points.shape[0],
                                  "P, the sample size")
+  iterations = _checks.integer(iterations, "iterations", 0)
+  seed = _checks.integer(seed, "seed", None)
   unit = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
   start = jax.random.choice(jax.random.key(seed), points.shape[0], (num_clusters,),
                             replace=False)

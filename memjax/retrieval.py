@@ -149,6 +149,7 @@ def _stable_hash(feature: str, seed: int) -> int:
 
 def features(tokens: Sequence[str], ngrams: int = 1) -> list[str]:
   """The features of a token list: its words and, for ngrams >= 2, its word n-grams."""
+  ngrams = _checks.integer(ngrams, "ngrams")
   out = list(tokens)
   for n in range(2, ngrams + 1):
     out.extend("_".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
@@ -179,6 +180,7 @@ class HashedBagOfWords:
                stopwords: Iterable[str] = ()):
     dim = _checks.integer(dim, "dim")
     ngrams = _checks.integer(ngrams, "ngrams")
+    seed = _checks.integer(seed, "seed", 0, 2**64 - 1, "the key of a 64-bit hash")
     self.dim = dim
     self.ngrams = ngrams
     self.signed = signed
@@ -267,6 +269,8 @@ class TfidfEncoder(HashedBagOfWords):
                stopwords: Iterable[str] = (), unseen_idf: float | None = None):
     super().__init__(dim, ngrams=ngrams, signed=signed, sublinear_tf=sublinear_tf,
                      normalize=normalize, seed=seed, stopwords=stopwords)
+    if unseen_idf is not None:
+      _checks.number(unseen_idf, "unseen_idf", 0)
     self.unseen_idf = unseen_idf
     self.idf: dict[str, float] | None = None
     self.num_fitted = 0
@@ -349,6 +353,14 @@ def _check_texts(texts, name: str = "texts") -> list[str]:
   return texts
 
 
+def check_threshold(threshold) -> None:
+  """Raises a ValueError unless `threshold` is None or a real number other than NaN."""
+  real = (isinstance(threshold, (int, float, np.integer, np.floating))
+          and not isinstance(threshold, (bool, np.bool_)))
+  if threshold is not None and (not real or np.isnan(threshold)):
+    raise ValueError(f"threshold must be a number (not NaN) or None; got {threshold!r}")
+
+
 def _check_ids(ids) -> np.ndarray:
   """[B] int64 from a sequence or array of integers (an empty one is fine)."""
   ids = np.asarray(ids).reshape(-1)
@@ -384,6 +396,7 @@ class Vocabulary:
   def encode(self, texts: Sequence[str], length: int) -> np.ndarray:
     """Token ids of each text, cut or padded to `length`: [B, length] int32."""
     texts = _check_texts(texts)
+    length = _checks.integer(length, "length", 0)
     out = np.zeros((len(texts), length), np.int32)
     for i, t in enumerate(texts):
       ids = self.ids(tokenize(t))[:length]
@@ -412,6 +425,10 @@ class TokenPayload:
 
   def __init__(self, vocab: Vocabulary, key_len: int, value_len: int,
                split: Callable[[list[str]], tuple[list[str], list[str]]] | None = None):
+    key_len = _checks.integer(key_len, "key_len", 0)
+    value_len = _checks.integer(value_len, "value_len", 0)
+    if key_len + value_len == 0:
+      raise ValueError("key_len + value_len must be >= 1 (the payload width); got 0 + 0")
     self.vocab = vocab
     self.key_len = key_len
     self.value_len = value_len
@@ -515,7 +532,7 @@ class DocumentMemory:
                payload_width: int | None = None, payload_dtype=np.int32,
                metric: str = "inner_product", key_dtype=jnp.float32, batch_size: int = 1024,
                observe: bool = True):
-    if not callable(encoder) or not isinstance(getattr(encoder, "dim", None), int):
+    if not callable(encoder) or not _checks.is_integer(getattr(encoder, "dim", None)):
       raise TypeError("encoder must be callable with an integer `dim` attribute; got "
                       f"{type(encoder).__name__}")
     if metric not in store.METRICS:
@@ -526,6 +543,7 @@ class DocumentMemory:
       width = payload_width if payload_width is not None else getattr(payload, "width", None)
       width = _checks.integer(width, "payload_width",
                               what="needed when the payload has no integer `width`")
+    batch_size = _checks.integer(batch_size, "batch_size")
     self.encoder = encoder
     self._observe = getattr(encoder, "observe", None) if observe else None
     self.payload = payload
@@ -682,6 +700,7 @@ class DocumentMemory:
     """
     queries = _check_texts(queries)
     k = min(_checks.integer(k, "k"), self.num_slots)
+    check_threshold(threshold)
     q = len(queries)
     out_ids = np.full((q, k), -1, np.int32)
     out_scores = np.full((q, k), -np.inf, np.float32)
@@ -749,6 +768,7 @@ def concatenate(question: str, passages: Sequence[str], *, max_tokens: int | Non
   """
   kept = list(passages)
   if max_tokens is not None:
+    max_tokens = _checks.integer(max_tokens, "max_tokens")
     fixed = len(tokenize(template.format(context="", question=question)))
     budget = max_tokens - fixed
     if budget < 0:

@@ -5,12 +5,27 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from memjax import access
 from memjax import addressing
 from memjax import allocation
+from memjax import conversation
+from memjax import ivf
 from memjax import linkage
+from memjax import retrieval
 from memjax import store
+from memjax import xla
+from memjax.nn import controllers
+from memjax.nn import dnc
+from memjax.nn import lstm
+from memjax.nn import memn2n
+from memjax.nn import ntm
+from memjax.nn import product_keys
+from memjax.nn import rag_reader
+from memjax.nn import sam
+from memjax.nn import sequence
+from memjax.nn import transformer
 
 M = jnp.ones((4, 3))
 W4 = jnp.full((4,), 0.25)
@@ -82,6 +97,238 @@ CASES = [
 ]
 
 
+def _cell(kind, **options):
+  base = {"ntm": dict(memory_size=8, word_size=4, controller_size=5),
+          "dnc": dict(memory_size=8, word_size=4, controller_size=5),
+          "sam": dict(memory_size=8, word_size=4, controller_size=5, k=2),
+          "lstm": dict(hidden_size=5)}[kind]
+  make = {"ntm": ntm.NTMCell, "dnc": dnc.DNCCell, "sam": sam.SAMCell, "lstm": lstm.LSTMCell}[kind]
+  args = {"in_features": 3, "out_features": 2, **base, **options}
+  return make(args.pop("in_features"), args.pop("out_features"), **args, rngs=nnx.Rngs(0))
+
+
+def _controller(kind, in_features=3, size=4, **options):
+  make = {"lstm": controllers.LSTMController, "ff": controllers.FeedForwardController}[kind]
+  return make(in_features, size, **options, rngs=nnx.Rngs(0))
+
+
+def _lstm_step_with_too_few_states():
+  cell = _cell("lstm", num_layers=2)
+  carry = cell.initialize_carry((2, 3))
+  return cell(carry[:1], jnp.ones((2, 3)))  # used to skip the second layer silently
+
+
+def _random_memory_carry(rngs):
+  return _cell("ntm", memory_init="random").initialize_carry((2, 3), rngs)
+
+
+def _run_cell(inputs=None, **options):
+  inputs = jnp.ones((2, 4, 3)) if inputs is None else inputs
+  return sequence.run_cell(_cell("ntm"), inputs, **options)
+
+
+def _memn2n_answer(slots=3, **options):
+  model = memn2n.MemN2N(6, 4, hops=1, memory_size=3, rngs=nnx.Rngs(0))
+  return model.answer(jnp.ones((2, slots, model.memory_tables, 4)), jnp.ones((2, 4)),
+                      jnp.ones((2, slots), bool), **options)
+
+
+def _encoder(**options):
+  return memn2n.SentenceEncoder(6, 3, **{"memory_size": 2, **options}, rngs=nnx.Rngs(0))
+
+
+def _pkm(**options):
+  return product_keys.ProductKeyMemory(3, 4, num_sub_keys=4, query_size=4, num_heads=1, k=2,
+                                       **options, rngs=nnx.Rngs(0))
+
+
+def _reader(**options):
+  return rag_reader.KVMemoryReader(10, 4, **options, rngs=nnx.Rngs(0))
+
+
+_Q = jnp.ones((2, 3), jnp.int32)
+_K = jnp.ones((2, 4, 5), jnp.int32)
+_V = jnp.ones((2, 4, 2), jnp.int32)
+_MASK = jnp.ones((2, 4), bool)
+
+
+def _documents(**options):
+  return retrieval.DocumentMemory(retrieval.HashedBagOfWords(16), 4, **options)
+
+
+def _chat(**options):
+  return conversation.ConversationMemory(**{"context_turns": 1, "k": 1, **options})
+
+
+_POINTS = jnp.eye(4)
+
+
+# Constructor sizes, rates and call arguments of the modules, retrieval, conversation
+# and ivf, each found by a probe where it used to pass silently (a bool size, a zero
+# clip, a NaN threshold, an out-of-vocabulary token embedded as NaN) or to fail deep
+# inside jax/flax/NumPy (ZeroDivisionError, "Shapes must be 1D sequences", "range() arg
+# 3 must not be zero", AttributeError).
+ARGUMENT_CASES = [
+    # (name, call, error type, message fragment matched literally)
+    ("ntm in_features bool", lambda: _cell("ntm", in_features=True),
+     ValueError, "in_features must be an integer >= 1; got True"),
+    ("ntm out_features zero", lambda: _cell("ntm", out_features=0),
+     ValueError, "out_features must be an integer >= 1; got 0"),
+    ("dnc out_features float", lambda: _cell("dnc", out_features=2.5),
+     ValueError, "out_features must be an integer >= 1; got 2.5"),
+    ("dnc in_features negative", lambda: _cell("dnc", in_features=-1),
+     ValueError, "in_features must be an integer >= 1; got -1"),
+    ("lstm in_features negative", lambda: _cell("lstm", in_features=-1),
+     ValueError, "in_features must be an integer >= 1; got -1"),
+    ("lstm out_features zero", lambda: _cell("lstm", out_features=0),
+     ValueError, "out_features must be an integer >= 1; got 0"),
+    ("ntm clip zero", lambda: _cell("ntm", clip_value=0),
+     ValueError, "clip_value must be a finite number > 0; got 0"),
+    ("dnc clip negative", lambda: _cell("dnc", clip_value=-1.0),
+     ValueError, "clip_value must be a finite number > 0; got -1.0"),
+    ("sam clip bool", lambda: _cell("sam", clip_value=True),
+     ValueError, "clip_value must be a finite number > 0; got True"),
+    ("lstm clip nan", lambda: _cell("lstm", clip_value=float("nan")),
+     ValueError, "clip_value must be a finite number > 0; got nan"),
+    ("lstm controller size zero", lambda: _controller("lstm", size=0),
+     ValueError, "size must be an integer >= 1; got 0"),
+    ("feedforward controller in_features bool", lambda: _controller("ff", in_features=True),
+     ValueError, "in_features must be an integer >= 1; got True"),
+    ("lstm controller forget_bias", lambda: _controller("lstm", forget_bias="1"),
+     ValueError, "forget_bias must be a finite number; got '1'"),
+    ("lstm cell input width", lambda: _cell("lstm")(_cell("lstm").initialize_carry((2, 3)),
+                                                    jnp.ones((2, 5))),
+     ValueError, "inputs must have in_features=3 on the last axis; got shape (2, 5)"),
+    ("lstm cell carry per layer", _lstm_step_with_too_few_states,
+     ValueError, "carry must hold one LSTMState per layer (2, from initialize_carry); got 1 "
+                 "states"),
+    ("random memory rngs type", lambda: _random_memory_carry(5),
+     TypeError, "rngs must be an nnx.Rngs, an nnx.RngStream or a PRNG key array; got int"),
+    ("run_cell unroll zero", lambda: _run_cell(unroll=0),
+     ValueError, "unroll must be an integer >= 1; got 0"),
+    ("run_cell unroll float", lambda: _run_cell(unroll=2.5),
+     ValueError, "unroll must be an integer >= 1; got 2.5"),
+    ("run_cell steps past T", lambda: _run_cell(hoist=True, steps=9),
+     ValueError, "steps must be an integer in [0, 4] (T, the time steps of inputs); got 9"),
+    ("run_cell steps float array", lambda: _run_cell(hoist=True, steps=jnp.asarray(2.5)),
+     TypeError, "steps must have an integer dtype; got float32"),
+    ("run_cell inputs not an array", lambda: _run_cell(inputs="x"),
+     TypeError, "inputs must be an array; got str"),
+    ("sentence encoder init_std", lambda: _encoder(init_std=-1),
+     ValueError, "init_std must be a finite number >= 0; got -1"),
+    ("masked_softmax extra_zeros bool", lambda: memn2n.masked_softmax(
+        jnp.ones(3), jnp.ones(3, bool), True),
+     ValueError, "extra_zeros must be an integer >= 0; got True"),
+    ("memn2n total_slots bool", lambda: _memn2n_answer(slots=1, total_slots=True),
+     ValueError, "total_slots must be an integer in [1, memory_size=3] (the memory has 1 "
+                 "slots); got True"),
+    ("memn2n time shape", lambda: _memn2n_answer(time=jnp.arange(4)),
+     ValueError, "time must have shape [B, M] = (2, 3) or [M]; got (4,)"),
+    ("memn2n time dtype", lambda: _memn2n_answer(time=jnp.zeros((2, 3))),
+     TypeError, "time must have an integer dtype; got float32"),
+    ("random_time rate type", lambda: memn2n.random_time(None, 3, 5, "0.1"),
+     ValueError, "rate must be in [0, 1); got '0.1'"),
+    ("time_encoding slots negative", lambda: _encoder().time_encoding(None, -1),
+     ValueError, "slots must be an integer >= 0; got -1"),
+    ("time_encoding float times", lambda: _encoder().time_encoding(jnp.zeros(2)),
+     TypeError, "time must have an integer dtype; got float32"),
+    ("address linear type", lambda: memn2n.address(jnp.ones(3), jnp.ones((4, 3)),
+                                                      jnp.ones(4, bool), "yes"),
+     TypeError, "linear must be an array; got str"),
+    ("address linear shape", lambda: memn2n.address(jnp.ones(3), jnp.ones((4, 3)),
+                                                       jnp.ones(4, bool), jnp.ones(2, bool)),
+     ValueError, "linear must be a scalar (shape ()); got shape (2,)"),
+    ("pkm value_init_scale", lambda: _pkm(value_init_scale=-1.0),
+     ValueError, "value_init_scale must be a finite number >= 0; got -1.0"),
+    ("product_key_top_k scalar query", lambda: product_keys.product_key_top_k(
+        jnp.ones(()), jnp.ones((2, 3, 2)), 1),
+     ValueError, "query must have rank >= 1 [..., Dq]; got shape ()"),
+    ("rag reader init_scale", lambda: _reader(init_scale=True),
+     ValueError, "init_scale must be a finite number >= 0; got True"),
+    ("rag reader float keys", lambda: _reader()(_Q, _K.astype(jnp.float32), _V, _MASK),
+     TypeError, "keys must have an integer dtype; got float32"),
+    ("rag reader token past vocabulary", lambda: _reader()(_Q * 11, _K, _V, _MASK),
+     ValueError, "question must lie in [0, vocab_size=10); got values from 11 to 11"),
+    ("rag reader negative value token", lambda: _reader()(_Q, _K, -_V, _MASK),
+     ValueError, "values must lie in [0, vocab_size=10); got values from -1 to -1"),
+    ("rag reader attention keys rank", lambda: _reader().attention(_Q, _K[0], _V, _MASK),
+     ValueError, "keys must have rank 3 [B, K, Lk]; got rank 2 with shape (4, 5)"),
+    ("features ngrams float", lambda: retrieval.features(["a", "b"], 2.5),
+     ValueError, "ngrams must be an integer >= 1; got 2.5"),
+    ("hashing seed negative", lambda: retrieval.HashedBagOfWords(16, seed=-1),
+     ValueError, "seed must be an integer in [0, 18446744073709551615] (the key of a 64-bit "
+                 "hash); got -1"),
+    ("hashing seed bool", lambda: retrieval.HashedBagOfWords(16, seed=True),
+     ValueError, "seed must be an integer in [0, 18446744073709551615] (the key of a 64-bit "
+                 "hash); got True"),
+    ("tfidf unseen_idf", lambda: retrieval.TfidfEncoder(16, unseen_idf="2"),
+     ValueError, "unseen_idf must be a finite number >= 0; got '2'"),
+    ("vocabulary length negative", lambda: retrieval.Vocabulary(["a"]).encode(["a"], -1),
+     ValueError, "length must be an integer >= 0; got -1"),
+    ("token payload key_len float", lambda: retrieval.TokenPayload(
+        retrieval.Vocabulary(["a"]), 2.5, 2),
+     ValueError, "key_len must be an integer >= 0; got 2.5"),
+    ("token payload empty", lambda: retrieval.TokenPayload(retrieval.Vocabulary(["a"]), 0, 0),
+     ValueError, "key_len + value_len must be >= 1 (the payload width); got 0 + 0"),
+    ("document memory batch_size zero", lambda: _documents(batch_size=0),
+     ValueError, "batch_size must be an integer >= 1; got 0"),
+    ("document memory batch_size negative", lambda: _documents(batch_size=-1),
+     ValueError, "batch_size must be an integer >= 1; got -1"),
+    ("retrieve threshold nan", lambda: _documents().retrieve(["a"], 1, threshold=float("nan")),
+     ValueError, "threshold must be a number (not NaN) or None; got nan"),
+    ("concatenate max_tokens float", lambda: retrieval.concatenate("q", ["a b"],
+                                                                      max_tokens=10.5),
+     ValueError, "max_tokens must be an integer >= 1; got 10.5"),
+    ("conversation threshold", lambda: _chat(threshold="0.1"),
+     ValueError, "threshold must be a number (not NaN) or None; got '0.1'"),
+    ("conversation k zero", lambda: _chat().relevant("lisbon", 0),
+     ValueError, "k must be an integer >= 1; got 0"),
+    ("conversation k negative", lambda: _chat().context("lisbon", -1),
+     ValueError, "k must be an integer >= 1; got -1"),
+    ("conversation message", lambda: _chat().relevant(1),
+     TypeError, "message must be a str; got int"),
+    ("conversation speaker", lambda: _chat().context("lisbon", speaker=None),
+     TypeError, "speaker must be a str; got NoneType"),
+    ("ivf search not an index", lambda: ivf.search(store.init(4, 3, 2), jnp.ones((1, 3)), 1),
+     TypeError, "index must be a memjax.ivf.IVFMemory (from ivf.init); got KVMemory"),
+    ("ivf insert not an index", lambda: ivf.insert({}, jnp.ones((1, 3)), jnp.ones((1, 2))),
+     TypeError, "index must be a memjax.ivf.IVFMemory (from ivf.init); got dict"),
+    ("kmeans iterations negative", lambda: ivf.kmeans(_POINTS, 2, iterations=-1),
+     ValueError, "iterations must be an integer >= 0; got -1"),
+    ("kmeans seed float", lambda: ivf.kmeans(_POINTS, 2, seed=2.5),
+     ValueError, "seed must be an integer; got 2.5"),
+]
+
+
+@pytest.mark.parametrize("name, call, error, fragment", ARGUMENT_CASES,
+                         ids=[c[0] for c in ARGUMENT_CASES])
+def test_bad_argument(name, call, error, fragment):
+  del name
+  with pytest.raises(error, match=re.escape(fragment)):
+    call()
+
+
+def test_valid_arguments_pass_the_new_checks():
+  """NumPy integers, None and the documented shapes still go through."""
+
+  cell = _cell("ntm", in_features=np.int64(3), out_features=np.int32(2), clip_value=None)
+  assert (cell.in_features, cell.out_features, cell.clip_value) == (3, 2, None)
+  assert _cell("lstm", clip_value=np.float32(5.0)).clip_value == 5.0
+
+  class Encoder:
+    dim = np.int64(4)
+
+    def __call__(self, texts):
+      return np.ones((len(texts), 4), np.float32)
+
+  assert retrieval.DocumentMemory(Encoder(), 4).memory.key_dim == 4
+  assert retrieval.TokenPayload(retrieval.Vocabulary(["a"]), 0, 2).width == 2
+  assert retrieval.Vocabulary(["a"]).encode(["a"], 0).shape == (1, 0)
+  retrieval.check_threshold(-np.inf)  # keeps every result
+  for time in (jnp.arange(3), jnp.zeros((2, 3), jnp.int32), jnp.zeros((1, 3), jnp.int32)):
+    assert memn2n._time_indices(time, 2, 3).shape == (2, 3)
+
+
 @pytest.mark.parametrize("name, call, error, words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(name, call, error, words):
   del name
@@ -97,7 +344,7 @@ def test_at_least_ten_cases():
 
 
 def test_messages_are_one_line():
-  for _, call, error, _ in CASES:
+  for _, call, error, _ in CASES + ARGUMENT_CASES:
     with pytest.raises(error) as info:
       call()
     assert "\n" not in str(info.value)
@@ -125,22 +372,17 @@ def test_unknown_xla_option_falls_back_to_none(monkeypatch):
 
 
 def test_modules_name_bad_inputs_tokens_and_states():
-  from flax import nnx
-
-  from memjax.nn import DNCCell
-  from memjax.nn import MemoryTransformer
-  from memjax.nn import NTMCell
-  from memjax.nn import SAMCell
-  for cell in (NTMCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0)),
-               DNCCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0)),
-               SAMCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0))):
+  for cell in (ntm.NTMCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0)),
+               dnc.DNCCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0)),
+               sam.SAMCell(3, 2, memory_size=8, word_size=4, rngs=nnx.Rngs(0))):
     carry = cell.initialize_carry((2, 3))
     with pytest.raises(ValueError, match=re.escape("in_features=3 on the last axis; got shape "
                                                    "(2, 5)")):
       cell(carry, jnp.ones((2, 5)))
     with pytest.raises(ValueError, match=re.escape("inputs have batch shape (4,)")):
       cell(carry, jnp.ones((4, 3)))
-  model = MemoryTransformer(11, 8, 2, 2, window=4, segment_length=4, top_k=2, rngs=nnx.Rngs(0))
+  model = transformer.MemoryTransformer(11, 8, 2, 2, window=4, segment_length=4, top_k=2,
+                                        rngs=nnx.Rngs(0))
   state = model.init_state(1, 8)
   tokens = jnp.zeros((1, 4), jnp.int32)
   for bad, low, high in ((11, 0, 11), (-1, -1, 0)):
@@ -158,7 +400,6 @@ def test_in_place_memory_option_is_dropped_off_the_cpu(monkeypatch):
   """On a GPU or TPU `cpu_options` gives None, so jit compiles with that backend's defaults."""
   import jax
 
-  from memjax import xla
 
   if jax.default_backend() == "cpu":
     assert xla.cpu_options(xla.IN_PLACE_MEMORY) == xla.IN_PLACE_MEMORY

@@ -7,6 +7,8 @@ from typing import Any
 
 import jax
 
+from memjax import _checks
+
 
 def with_one_batch_axis(step: Callable[[Any, jax.Array], tuple[Any, jax.Array]], carry: Any,
                         inputs: jax.Array) -> tuple[Any, jax.Array]:
@@ -44,3 +46,9 @@ def check_inputs(inputs: jax.Array, in_features: int, carry: Any) -> None:
       raise ValueError(f"inputs have batch shape {batch} but the carry has leaves of shape "
                        f"{tuple(leaves[0].shape)} (batch axes in front; from "
                        f"initialize_carry(({', '.join(map(str, batch))}, {in_features})))")
+
+
+def check_clip_value(clip_value: float | None) -> None:
+  """Raises ValueError unless a cell's `clip_value` is None or a finite number > 0."""
+  if clip_value is not None:
+    _checks.number(clip_value, "clip_value", 0, open_low=True)

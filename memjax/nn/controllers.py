@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax import _checks
+
 
 class LSTMState(NamedTuple):
   """State of an `LSTMController`: hidden output `h` and cell `c`, each [B, C]."""
@@ -34,6 +36,9 @@ class LSTMController(nnx.Module):
 
   def __init__(self, in_features: int, size: int, *, forget_bias: float = 1.0,
                rngs: nnx.Rngs):
+    in_features = _checks.integer(in_features, "in_features")
+    size = _checks.integer(size, "size")
+    _checks.number(forget_bias, "forget_bias")
     self.in_features = in_features
     self.size = size
     self.forget_bias = forget_bias
@@ -73,6 +78,8 @@ class FeedForwardController(nnx.Module):
   """
 
   def __init__(self, in_features: int, size: int, *, rngs: nnx.Rngs):
+    in_features = _checks.integer(in_features, "in_features")
+    size = _checks.integer(size, "size")
     self.in_features = in_features
     self.size = size
     self.hidden = nnx.Linear(in_features, size, rngs=rngs)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from memjax import _checks
 from memjax import access
 from memjax import addressing
 from memjax import allocation
@@ -88,8 +89,11 @@ class DNCCell(nnx.RNNCellBase):
                word_size: int = 20, num_read_heads: int = 1, controller: str = "lstm",
                controller_size: int = 100, memory_init: str = "constant",
                clip_value: float | None = 20.0, rngs: nnx.Rngs):
+    in_features = _checks.integer(in_features, "in_features")
+    out_features = _checks.integer(out_features, "out_features")
     ntm.validate_memory_options(memory_size, word_size, num_read_heads, 1, controller_size,
                                 memory_init, controller)
+    _batching.check_clip_value(clip_value)
     self.in_features = in_features
     self.out_features = out_features
     self.memory_size = memory_size
@@ -154,6 +158,7 @@ class DNCCell(nnx.RNNCellBase):
     Returns:
       (the new `DNCState`, [B, O] output logits).
     """
+    inputs = _checks.as_array(inputs, "inputs")
     _batching.check_inputs(inputs, self.in_features, carry)
     if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
       return _batching.with_one_batch_axis(self, carry, inputs)

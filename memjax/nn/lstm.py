@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memjax import _checks
+from memjax.nn import _batching
 from memjax.nn import controllers
 
 
@@ -32,8 +33,11 @@ class LSTMCell(nnx.RNNCellBase):
 
   def __init__(self, in_features: int, out_features: int, *, hidden_size: int = 256,
                num_layers: int = 1, clip_value: float | None = 20.0, rngs: nnx.Rngs):
+    in_features = _checks.integer(in_features, "in_features")
+    out_features = _checks.integer(out_features, "out_features")
     hidden_size = _checks.integer(hidden_size, "hidden_size")
     num_layers = _checks.integer(num_layers, "num_layers")
+    _batching.check_clip_value(clip_value)
     self.in_features = in_features
     self.out_features = out_features
     self.clip_value = clip_value
@@ -56,6 +60,12 @@ class LSTMCell(nnx.RNNCellBase):
   def __call__(self, carry: tuple[controllers.LSTMState, ...],
                inputs: jax.Array) -> tuple[tuple[controllers.LSTMState, ...], jax.Array]:
     """One step: inputs [B, I] -> (new carry, [B, O] logits)."""
+    inputs = _checks.as_array(inputs, "inputs")
+    if not isinstance(carry, (tuple, list)) or len(carry) != len(self.layers):
+      got = f"{len(carry)} states" if isinstance(carry, (tuple, list)) else type(carry).__name__
+      raise ValueError(f"carry must hold one LSTMState per layer ({len(self.layers)}, from "
+                       f"initialize_carry); got {got}")
+    _batching.check_inputs(inputs, self.in_features, carry)
     h = inputs
     states = []
     for layer, state in zip(self.layers, carry):

@@ -186,8 +186,7 @@ def masked_softmax(scores: jax.typing.ArrayLike, mask: jax.typing.ArrayLike,
   if mask.shape != scores.shape:
     raise ValueError(f"mask must have the shape of scores {tuple(scores.shape)}; got "
                      f"{tuple(mask.shape)}")
-  if not isinstance(extra_zeros, (int, np.integer)) or extra_zeros < 0:
-    raise ValueError(f"extra_zeros must be an integer >= 0; got {extra_zeros!r}")
+  extra_zeros = _checks.integer(extra_zeros, "extra_zeros", 0)
   mask = mask.astype(bool)
   dtype = _checks.compute_dtype(scores.dtype)
   s = jnp.where(mask, scores.astype(dtype), -jnp.inf)
@@ -227,6 +226,9 @@ def address(query: jax.typing.ArrayLike, keys: jax.typing.ArrayLike, mask: jax.t
   mask = _checks.as_array(mask, "mask")
   if mask.shape != keys.shape[:1]:
     raise ValueError(f"mask must have shape [N] = {keys.shape[:1]}; got {tuple(mask.shape)}")
+  if not isinstance(linear, bool):
+    linear = _checks.as_array(linear, "linear")
+    _checks.check_scalar(linear, "linear")
   scores = keys @ query
   if isinstance(linear, bool) and linear:
     return scores * mask
@@ -281,8 +283,12 @@ def random_time(key: jax.Array, size: jax.typing.ArrayLike, memory_size: int,
     [M] int32 non-decreasing over the first n slots; arange(M) when rate = 0.
   """
   memory_size = _checks.integer(memory_size, "memory_size")
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f"rate must be in [0, 1); got {rate}")
+  try:
+    ok = bool(0.0 <= rate < 1.0)
+  except TypeError:  # not a number: "0.1", None, ...
+    ok = False
+  if not ok:
+    raise ValueError(f"rate must be in [0, 1); got {rate!r}")
   plain = jnp.arange(memory_size, dtype=jnp.int32)
   if rate == 0.0:
     return plain
@@ -337,6 +343,7 @@ class SentenceEncoder(nnx.Module):
     embed_dim = _checks.integer(embed_dim, "embed_dim")
     _check_choice(encoding, "encoding", ENCODINGS)
     memory_size = _checks.integer(memory_size, "memory_size", 0)
+    _checks.number(init_std, "init_std", 0)
     self.encoding = encoding
     self.embedding = nnx.Param(_normal(rngs, (vocab_size, embed_dim), init_std))
     self.temporal = (nnx.Param(_normal(rngs, (memory_size, embed_dim), init_std))
@@ -354,9 +361,11 @@ class SentenceEncoder(nnx.Module):
     if time is None:
       if slots is None:
         raise ValueError("time_encoding needs time indices or a slot count")
+      slots = _checks.integer(slots, "slots", 0)
       shape = (slots,)
     else:
-      time = jnp.asarray(time)
+      time = _checks.as_array(time, "time")
+      _checks.check_integer(time, "time")
       shape = time.shape
     if self.temporal is None:
       return jnp.zeros((*shape, self.embedding.shape[1]), self.embedding.dtype)
@@ -402,7 +411,17 @@ def _time_indices(time, batch: int, memory_size: int) -> jax.Array | None:
   """None (slot i has time i) or [B, M] time indices."""
   if time is None:
     return None
-  return jnp.broadcast_to(jnp.asarray(time), (batch, memory_size))
+  time = _checks.as_array(time, "time")
+  _checks.check_integer(time, "time")
+  try:
+    ok = time.ndim <= 2 and (np.broadcast_shapes(time.shape, (batch, memory_size))
+                             == (batch, memory_size))
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(f"time must have shape [B, M] = {(batch, memory_size)} or [M]; got "
+                     f"{tuple(time.shape)}")
+  return jnp.broadcast_to(time, (batch, memory_size))
 
 
 def _extra_slots(slots: int, total_slots: int | None, memory_size: int,
@@ -410,7 +429,7 @@ def _extra_slots(slots: int, total_slots: int | None, memory_size: int,
   """Empty slots left out of a memory of `slots` that stay in the softmax."""
   if total_slots is None:
     return 0
-  if not isinstance(total_slots, (int, np.integer)) or not slots <= total_slots <= memory_size:
+  if not _checks.is_integer(total_slots) or not slots <= total_slots <= memory_size:
     raise ValueError(f"total_slots must be an integer in [{slots}, memory_size={memory_size}] "
                      f"(the memory has {slots} slots); got {total_slots!r}")
   return int(total_slots - slots) if attend_empty else 0

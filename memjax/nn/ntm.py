@@ -122,6 +122,9 @@ def initial_memory(cell, batch: tuple[int, ...], rngs=None) -> jax.Array:
       raise ValueError(f"PRNG keys for the initial memory need the batch shape {batch} "
                        f"(one per sequence); got keys of shape {keys.shape}")
     return jax.vmap(draw)(keys.reshape(-1)).reshape(*batch, n, w)
+  if not isinstance(rngs, (nnx.Rngs, nnx.RngStream)):
+    raise TypeError("rngs must be an nnx.Rngs, an nnx.RngStream or a PRNG key array; got "
+                    f"{type(rngs).__name__}")
   key = rngs() if isinstance(rngs, nnx.RngStream) else (
       rngs.carry() if "carry" in rngs else rngs.params())
   return draw(key, batch)
@@ -158,8 +161,11 @@ class NTMCell(nnx.RNNCellBase):
                shift_range: int = 1, controller: str = "lstm", controller_size: int = 100,
                memory_init: str = "constant", clip_value: float | None = 20.0,
                fused: bool = True, rngs: nnx.Rngs):
+    in_features = _checks.integer(in_features, "in_features")
+    out_features = _checks.integer(out_features, "out_features")
     validate_memory_options(memory_size, word_size, num_read_heads, num_write_heads,
                             controller_size, memory_init, controller, shift_range)
+    _batching.check_clip_value(clip_value)
     self.in_features = in_features
     self.out_features = out_features
     self.memory_size = memory_size
@@ -233,6 +239,7 @@ class NTMCell(nnx.RNNCellBase):
     Returns:
       (the new `NTMState`, [B, O] output logits).
     """
+    inputs = _checks.as_array(inputs, "inputs")
     _batching.check_inputs(inputs, self.in_features, carry)
     if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
       return _batching.with_one_batch_axis(self, carry, inputs)

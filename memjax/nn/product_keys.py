@@ -70,6 +70,8 @@ def product_key_top_k(query: jax.typing.ArrayLike, sub_keys: jax.typing.ArrayLik
   """
   query = _checks.as_array(query, "query")
   _checks.check_floating(query, "query")
+  if query.ndim < 1:
+    raise ValueError(f"query must have rank >= 1 [..., Dq]; got shape {tuple(query.shape)}")
   sub_keys = _checks.floating(sub_keys, "sub_keys", 3, "[2, n, Dq/2]")
   _checks.check_dim(sub_keys, 0, 2, "sub_keys", "the two halves of a product key")
   half = sub_keys.shape[2]
@@ -169,6 +171,8 @@ class ProductKeyMemory(nnx.Module):
       raise ValueError(f"query_size must be even (two halves); got {query_size}")
     if k > num_sub_keys:
       raise ValueError(f"k must be at most num_sub_keys={num_sub_keys}; got {k}")
+    if value_init_scale is not None:
+      _checks.number(value_init_scale, "value_init_scale", 0)
     self.in_features = in_features
     self.num_sub_keys = num_sub_keys
     self.num_slots = num_sub_keys ** 2

@@ -62,6 +62,7 @@ class KVMemoryReader(nnx.Module):
     vocab_size = _checks.integer(vocab_size, "vocab_size")
     dim = _checks.integer(dim, "dim")
     hops = _checks.integer(hops, "hops")
+    _checks.number(init_scale, "init_scale", 0)
     init = nnx.initializers.normal(init_scale)
     self.vocab_size = vocab_size
     self.dim = dim
@@ -85,23 +86,12 @@ class KVMemoryReader(nnx.Module):
       values: [B, K, Lv] int value tokens.
       mask: [B, K] bool, which slots hold a retrieved passage.
 
+    Token ids outside [0, V) raise a ValueError when their values are known;
+    under `jax.jit` they are not checked (an id >= V then embeds as NaN).
+
     Returns:
       [B, V] float32 logits over the vocabulary.
     """
-    question = _checks.as_array(question, "question")
-    _checks.check_integer(question, "question")
-    _checks.check_rank(question, 2, "question", "[B, Lq]")
-    _checks.check_rank(keys, 3, "keys", "[B, K, Lk]")
-    _checks.check_rank(values, 3, "values", "[B, K, Lv]")
-    _checks.check_rank(mask, 2, "mask", "[B, K]")
-    batch, slots = keys.shape[:2]
-    for name, x in (("values", values), ("mask", mask)):
-      if x.shape[:2] != (batch, slots):
-        raise ValueError(f"{name} must start with [B, K] = {(batch, slots)} like keys; "
-                         f"got shape {tuple(x.shape)}")
-    if question.shape[0] != batch:
-      raise ValueError(f"question must have batch size {batch} like keys; got shape "
-                       f"{tuple(question.shape)}")
     q, _ = self._read(question, keys, values, mask)
     answers = self.embed if self.tie_output else self.output
     return q @ answers.embedding[...].T
@@ -111,8 +101,33 @@ class KVMemoryReader(nnx.Module):
     """First-hop addressing weights [B, K + 1] (slot 0 is the null slot), for inspection."""
     return self._read(question, keys, values, mask)[1][:, 0]
 
+  def _check(self, question, keys, values, mask) -> tuple[jax.Array, ...]:
+    """The arguments of `__call__` as arrays, or a ValueError/TypeError naming the bad one."""
+    tokens = []
+    for name, x, rank, legend in (("question", question, 2, "[B, Lq]"),
+                                  ("keys", keys, 3, "[B, K, Lk]"),
+                                  ("values", values, 3, "[B, K, Lv]")):
+      x = _checks.as_array(x, name)
+      _checks.check_integer(x, name)
+      _checks.check_rank(x, rank, name, legend)
+      _checks.check_index_range(x, name, self.vocab_size, "vocab_size")
+      tokens.append(x)
+    question, keys, values = tokens
+    mask = _checks.as_array(mask, "mask")
+    _checks.check_rank(mask, 2, "mask", "[B, K]")
+    batch, slots = keys.shape[:2]
+    for name, x in (("values", values), ("mask", mask)):
+      if x.shape[:2] != (batch, slots):
+        raise ValueError(f"{name} must start with [B, K] = {(batch, slots)} like keys; "
+                         f"got shape {tuple(x.shape)}")
+    if question.shape[0] != batch:
+      raise ValueError(f"question must have batch size {batch} like keys; got shape "
+                       f"{tuple(question.shape)}")
+    return question, keys, values, mask
+
   def _read(self, question, keys, values, mask) -> tuple[jax.Array, jax.Array]:
     """(final query [B, D], attention [B, H, K + 1]) of the hops over null slot + passages."""
+    question, keys, values, mask = self._check(question, keys, values, mask)
     batch = keys.shape[0]
     q = bag_of_words(self.embed, question)                               # [B, D]
     key_vecs = bag_of_words(self.embed, keys)                           # [B, K, D]

@@ -222,6 +222,7 @@ class SAMCell(nnx.RNNCellBase):
     controller_size = _checks.integer(controller_size, "controller_size")
     if k > memory_size:
       raise ValueError(f"k must be at most memory_size={memory_size}; got {k}")
+    _batching.check_clip_value(clip_value)
     self.in_features = in_features
     self.out_features = out_features
     self.memory_size = memory_size
@@ -266,6 +267,7 @@ class SAMCell(nnx.RNNCellBase):
 
   def __call__(self, carry: SAMState, inputs: jax.Array) -> tuple[SAMState, jax.Array]:
     """One step: (state, x [B, I]) -> (new state, y [B, O])."""
+    inputs = _checks.as_array(inputs, "inputs")
     _batching.check_inputs(inputs, self.in_features, carry)
     if inputs.ndim != 2:  # one sequence, or several batch axes: flatten to one
       return _batching.with_one_batch_axis(self, carry, inputs)

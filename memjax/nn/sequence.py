@@ -26,7 +26,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from memjax import _checks
 
 
 def _promote_carry(cell: nnx.RNNCellBase, carry: Any, inputs: jax.Array) -> Any:
@@ -74,8 +77,17 @@ def run_cell(cell: nnx.RNNCellBase, inputs: jax.Array, *, initial_carry: Any = N
   Returns:
     (final carry, [B, T, O] outputs, the collected values or None).
   """
+  inputs = _checks.as_array(inputs, "inputs")
   if inputs.ndim != 3:
     raise ValueError(f"inputs must have rank 3 [B, T, I]; got shape {tuple(inputs.shape)}")
+  unroll = _checks.integer(unroll, "unroll")
+  if steps is not None:
+    if isinstance(steps, (bool, int, float, np.bool_, np.number)):
+      steps = _checks.integer(steps, "steps", 0, inputs.shape[1], "T, the time steps of inputs")
+    else:  # an array (maybe traced): only its dtype and shape can be checked
+      steps = _checks.as_array(steps, "steps")
+      _checks.check_integer(steps, "steps")
+      _checks.check_scalar(steps, "steps")
   carry = initial_carry
   if carry is None:
     carry = cell.initialize_carry((inputs.shape[0], inputs.shape[2]))
